@@ -1,0 +1,140 @@
+package ermc
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+)
+
+// Sentinel errors. Match them with errors.Is: the client may wrap them with
+// more context.
+var (
+	// ErrCacheMiss: a get missed, or delete, incr, decr or touch found no key.
+	ErrCacheMiss = errors.New("ermc: cache miss")
+	// ErrNotStored: add found the key present, or replace, append or prepend
+	// found it missing.
+	ErrNotStored = errors.New("ermc: item not stored")
+	// ErrCASConflict: the item was modified since its CAS id was read.
+	ErrCASConflict = errors.New("ermc: compare-and-swap conflict")
+	// ErrMalformedKey: the key is empty, longer than MaxKeyLength, or holds
+	// a space or control character. Such a key never reaches the wire.
+	ErrMalformedKey = errors.New("ermc: malformed key")
+	// ErrValueTooLarge: a value is longer than MaxValueLength, on the way out
+	// (checked before sending) or on the way in (refused before allocating).
+	ErrValueTooLarge = errors.New("ermc: value too large")
+	// ErrClosed: the client was closed.
+	ErrClosed = errors.New("ermc: client closed")
+	// ErrNonNumeric: incr or decr on a value that is not a decimal number.
+	ErrNonNumeric = errors.New("ermc: incr/decr on non-numeric value")
+	// ErrAuth: the server refused the credentials, or cannot authenticate.
+	ErrAuth = errors.New("ermc: authentication failed")
+	// ErrCorruptValue: a stored value cannot be decoded (bad compression
+	// framing, wrong type flags for a typed getter, unparsable number).
+	ErrCorruptValue = errors.New("ermc: corrupt value")
+	// ErrProtocol: the server sent bytes that are not a valid reply to the
+	// request. The connection is discarded.
+	ErrProtocol = errors.New("ermc: protocol error")
+	// ErrNotSupported: the driver or server cannot do this operation.
+	ErrNotSupported = errors.New("ermc: operation not supported")
+)
+
+// maxMessageInError bounds how much of a server message or key an error
+// carries, so a hostile server cannot grow error strings without bound.
+const maxMessageInError = 128
+
+// ServerError is a SERVER_ERROR reply (or the bare ERROR reply): the server
+// could not carry out a well-formed command. The connection stays usable.
+type ServerError struct {
+	Message string
+}
+
+func (e *ServerError) Error() string { return "ermc: server error: " + e.Message }
+
+// ClientError is a CLIENT_ERROR reply: the server found the request
+// malformed. The connection is discarded, because after a storage command
+// the server may still be reading (and answering) the data line.
+type ClientError struct {
+	Message string
+}
+
+func (e *ClientError) Error() string { return "ermc: client error: " + e.Message }
+
+// Is lets errors.Is(err, ErrNonNumeric) match the text protocol's incr error.
+func (e *ClientError) Is(target error) bool {
+	return target == ErrNonNumeric && e.Message == "cannot increment or decrement non-numeric value"
+}
+
+// StatusError is a binary-protocol reply whose status code has no sentinel
+// of its own. Status is the code from the response header.
+type StatusError struct {
+	Status  uint16
+	Message string
+}
+
+func (e *StatusError) Error() string {
+	return "ermc: server status 0x" + strconv.FormatUint(uint64(e.Status), 16) + ": " + e.Message
+}
+
+// ConnError is an I/O fault: dialing, writing or reading failed, timed out
+// or was cancelled. The underlying error (a net.Error, context.Canceled,
+// context.DeadlineExceeded, ...) is reachable through errors.Is and errors.As.
+type ConnError struct {
+	Op   string // "dial", "write", "read", "auth"
+	Addr string
+	Err  error
+}
+
+func (e *ConnError) Error() string {
+	return fmt.Sprintf("ermc: %s %s: %v", e.Op, e.Addr, e.Err)
+}
+
+func (e *ConnError) Unwrap() error { return e.Err }
+
+// Timeout reports whether the fault was a deadline, so a ConnError also
+// satisfies net.Error-style checks.
+func (e *ConnError) Timeout() bool {
+	var t interface{ Timeout() bool }
+	return errors.As(e.Err, &t) && t.Timeout()
+}
+
+// protocolError builds an ErrProtocol with a bounded, escaped excerpt of
+// the offending bytes.
+func protocolError(what string, got []byte) error {
+	return fmt.Errorf("%w: %s: %s", ErrProtocol, what, quoteBounded(got))
+}
+
+// quoteBounded quotes at most maxMessageInError bytes of b for an error
+// message; control characters and non-ASCII bytes are escaped.
+func quoteBounded(b []byte) string {
+	if len(b) > maxMessageInError {
+		return strconv.QuoteToASCII(string(b[:maxMessageInError])) + "..."
+	}
+	return strconv.QuoteToASCII(string(b))
+}
+
+// boundedMessage turns a server's message into a string of bounded length.
+func boundedMessage(b []byte) string {
+	if len(b) > maxMessageInError {
+		b = b[:maxMessageInError]
+	}
+	return string(b)
+}
+
+// faultError marks a connectivity fault that ErrorAsMiss turned into a miss
+// or a not-stored: errors.Is matches the sentinel, errors.As still reaches the
+// fault.
+type faultError struct {
+	as    error
+	fault error
+}
+
+func (e *faultError) Error() string { return e.as.Error() + " (" + e.fault.Error() + ")" }
+
+func (e *faultError) Unwrap() []error { return []error{e.as, e.fault} }
+
+// isConnFault reports whether err is a connectivity fault that ErrorAsMiss
+// may hide.
+func isConnFault(err error) bool {
+	var ce *ConnError
+	return errors.As(err, &ce)
+}

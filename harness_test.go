@@ -1,0 +1,148 @@
+package ermc
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+)
+
+// The test harness starts real servers (memcached, nutcracker) on free
+// loopback ports and stops them when the test ends. Under CI=true a missing
+// server binary fails the test; elsewhere it skips.
+
+// requireBinary returns the path of a server binary, failing under CI and
+// skipping elsewhere when it is not installed.
+func requireBinary(tb testing.TB, name string) string {
+	tb.Helper()
+	for _, p := range []string{name, "/usr/bin/" + name, "/usr/sbin/" + name, "/usr/local/bin/" + name} {
+		if path, err := exec.LookPath(p); err == nil {
+			return path
+		}
+	}
+	if os.Getenv("CI") != "" {
+		tb.Fatalf("%s is not installed (CI requires it: run make test, which installs it)", name)
+	}
+	tb.Skipf("%s is not installed", name)
+	return ""
+}
+
+// freePort asks the kernel for a free loopback TCP port.
+func freePort(tb testing.TB) int {
+	tb.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatalf("no free port: %v", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// testServer is a server process the harness started.
+type testServer struct {
+	Addr string // host:port, or socket path for unix servers
+	stop sync.Once
+	proc *os.Process
+	done chan struct{} // closed when the process has exited
+}
+
+// Stop kills the server and waits until it has exited. Idempotent.
+func (s *testServer) Stop() {
+	s.stop.Do(func() { _ = s.proc.Kill() })
+	<-s.done
+}
+
+// startMemcached runs memcached on a free loopback port with extra flags
+// and stops it when tb ends.
+func startMemcached(tb testing.TB, extra ...string) *testServer {
+	tb.Helper()
+	bin := requireBinary(tb, "memcached")
+	var lastErr error
+	for attempt := 0; attempt < 5; attempt++ {
+		port := freePort(tb)
+		args := append([]string{"-l", "127.0.0.1", "-p", strconv.Itoa(port), "-U", "0", "-t", "2"}, extra...)
+		if os.Geteuid() == 0 {
+			args = append(args, "-u", "root")
+		}
+		s, err := startProcess(tb, bin, args, "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), nil)
+		if err == nil {
+			return s
+		}
+		lastErr = err
+	}
+	tb.Fatalf("memcached did not start: %v", lastErr)
+	return nil
+}
+
+// startMemcachedUnix runs memcached on a unix socket in a temp dir.
+func startMemcachedUnix(tb testing.TB, extra ...string) *testServer {
+	tb.Helper()
+	bin := requireBinary(tb, "memcached")
+	path := filepath.Join(tb.TempDir(), "mc.sock")
+	args := append([]string{"-s", path, "-t", "2"}, extra...)
+	if os.Geteuid() == 0 {
+		args = append(args, "-u", "root")
+	}
+	s, err := startProcess(tb, bin, args, "unix", path, nil)
+	if err != nil {
+		tb.Fatalf("memcached (unix) did not start: %v", err)
+	}
+	return s
+}
+
+// startProcess starts bin and waits until network/addr accepts a
+// connection; it registers a cleanup that stops the process.
+func startProcess(tb testing.TB, bin string, args []string, network, addr string, env []string) (*testServer, error) {
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	out := &lockedBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	s := &testServer{Addr: addr, proc: cmd.Process, done: make(chan struct{})}
+	var waitErr error
+	go func() { waitErr = cmd.Wait(); close(s.done) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case <-s.done:
+			return nil, fmt.Errorf("%s exited: %v: %s", filepath.Base(bin), waitErr, out.String())
+		default:
+		}
+		if c, err := net.DialTimeout(network, addr, 200*time.Millisecond); err == nil {
+			c.Close()
+			tb.Cleanup(s.Stop)
+			return s, nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	s.Stop()
+	return nil, fmt.Errorf("%s did not accept connections on %s: %s", filepath.Base(bin), addr, out.String())
+}
+
+// lockedBuffer collects a process's output for error messages.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf []byte
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.buf) < 64<<10 {
+		b.buf = append(b.buf, p...)
+	}
+	return len(p), nil
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return string(b.buf)
+}

@@ -1,0 +1,151 @@
+package ermc
+
+import (
+	"sync"
+	"time"
+)
+
+// opcode names one client operation, independent of the wire protocol.
+type opcode uint8
+
+const (
+	opGet opcode = iota
+	opGets
+	opGat
+	opGetMulti
+	opSet
+	opAdd
+	opReplace
+	opAppend
+	opPrepend
+	opCAS
+	opIncr
+	opDecr
+	opDelete
+	opTouch
+	opFlushAll
+	opStats
+	opVersion
+	opAuth
+)
+
+// isStorage reports whether op sends a data block.
+func (op opcode) isStorage() bool { return op >= opSet && op <= opCAS }
+
+// isRetrieval reports whether op answers with VALUE blocks.
+func (op opcode) isRetrieval() bool { return op <= opGetMulti }
+
+// request is one operation in flight: what to send, where results go, and
+// the parser's progress through the reply. Drivers reuse requests (one per
+// pooled connection, or a sync.Pool for the pipelined driver), so a steady
+// state operation allocates nothing.
+type request struct {
+	op      opcode
+	noreply bool
+	key     string
+	keys    []string // opGetMulti
+	value   []byte   // storage data, as it goes on the wire
+	flags   uint32
+	exptime int64 // memcached exptime, see exptime()
+	cas     uint64
+	delta   uint64
+	user    string // opAuth
+	pass    string // opAuth
+
+	// Results.
+	found    bool
+	dst      []byte // single get: the value is appended here (decompressed)
+	resFlags uint32
+	resCAS   uint64
+	number   uint64
+	text     string                // version
+	stats    map[string]string     // stats
+	onValue  func(i int, v []byte) // multi-get callback
+	decoded  []byte                // multi-get scratch for decompression
+	maxValue int                   // MaxValueLength, for decompression bounds
+	ownStore func(i int, v []byte) // multi-get delivery when the caller cannot run onValue yet
+	err      error
+
+	// Parser progress, reset per request.
+	parse parseState
+}
+
+// parseState is the resumable parsers' position inside one reply.
+type parseState struct {
+	phase   uint8
+	pending int    // data bytes (plus trailer) still to read into the scratch buffer
+	index   int    // which key of keys the current value belongs to
+	cursor  int    // where the next multi-get key search starts
+	vflags  uint32 // flags of the value being read
+	vcas    uint64 // CAS id of the value being read
+	vlen    int    // length of the value being read
+	scratch []byte // value bytes gathered across reads
+}
+
+// reset clears a request for reuse, keeping the scratch capacity.
+func (r *request) reset() {
+	scratch := r.parse.scratch[:0]
+	decoded := r.decoded[:0]
+	*r = request{}
+	r.parse.scratch = scratch
+	r.decoded = decoded
+}
+
+var requestPool = sync.Pool{New: func() any { return new(request) }}
+
+func getRequest() *request { return requestPool.Get().(*request) }
+
+// putRequest returns r to the pool, dropping references to caller memory
+// and any scratch buffer that grew past what is worth keeping.
+func putRequest(r *request) {
+	r.reset()
+	if cap(r.parse.scratch) > maxRetainedScratch {
+		r.parse.scratch = nil
+	}
+	if cap(r.decoded) > maxRetainedScratch {
+		r.decoded = nil
+	}
+	requestPool.Put(r)
+}
+
+// maxRetainedScratch is the largest scratch buffer a pooled object keeps.
+const maxRetainedScratch = 256 << 10
+
+// maxRelativeTTL is the longest exptime memcached reads as relative seconds;
+// larger values are absolute Unix times.
+const maxRelativeTTL = 30 * 24 * time.Hour
+
+// exptime converts a TTL into memcached's exptime: 0 never expires, a
+// negative TTL stores an already expired item, sub-second TTLs round up to
+// one second, and TTLs over 30 days become absolute Unix times.
+func exptime(ttl time.Duration) int64 {
+	switch {
+	case ttl == 0:
+		return 0
+	case ttl < 0:
+		return -1
+	}
+	secs := int64(ttl / time.Second)
+	if ttl%time.Second != 0 {
+		secs++
+	}
+	if ttl > maxRelativeTTL {
+		return time.Now().Unix() + secs
+	}
+	return secs
+}
+
+// validKey reports whether key may be sent: 1..max bytes, no spaces or
+// control characters (the text protocol's delimiters). The same rule holds
+// for the binary protocol so that keys mean the same on every driver.
+func validKey(key string, max int) bool {
+	if len(key) == 0 || len(key) > max {
+		return false
+	}
+	for i := 0; i < len(key); i++ {
+		if c := key[i]; c <= ' ' || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,414 @@
+package ermc
+
+import (
+	"bytes"
+	"strconv"
+)
+
+// Text protocol: request encoders and a resumable reply parser.
+// Everything here is pure: bytes in, bytes or results out, no I/O.
+
+// maxTextLine bounds a reply line. The longest legitimate line is a VALUE
+// header (a 250-byte key and four numbers) or a STAT line; anything longer
+// without a newline is a broken or hostile server.
+const maxTextLine = 2048
+
+var crlf = []byte("\r\n")
+
+// storageVerb is the command name of each storage opcode.
+var storageVerb = [...]string{
+	opSet:     "set ",
+	opAdd:     "add ",
+	opReplace: "replace ",
+	opAppend:  "append ",
+	opPrepend: "prepend ",
+	opCAS:     "cas ",
+}
+
+// appendTextRequest encodes r as a text protocol command.
+func appendTextRequest(dst []byte, r *request) []byte {
+	switch r.op {
+	case opGet:
+		dst = append(dst, "get "...)
+		dst = append(dst, r.key...)
+	case opGets:
+		dst = append(dst, "gets "...)
+		dst = append(dst, r.key...)
+	case opGat:
+		dst = append(dst, "gat "...)
+		dst = strconv.AppendInt(dst, r.exptime, 10)
+		dst = append(dst, ' ')
+		dst = append(dst, r.key...)
+	case opGetMulti:
+		dst = append(dst, "get"...)
+		for _, k := range r.keys {
+			dst = append(dst, ' ')
+			dst = append(dst, k...)
+		}
+	case opSet, opAdd, opReplace, opAppend, opPrepend, opCAS:
+		dst = append(dst, storageVerb[r.op]...)
+		dst = append(dst, r.key...)
+		dst = append(dst, ' ')
+		dst = strconv.AppendUint(dst, uint64(r.flags), 10)
+		dst = append(dst, ' ')
+		dst = strconv.AppendInt(dst, r.exptime, 10)
+		dst = append(dst, ' ')
+		dst = strconv.AppendInt(dst, int64(len(r.value)), 10)
+		if r.op == opCAS {
+			dst = append(dst, ' ')
+			dst = strconv.AppendUint(dst, r.cas, 10)
+		}
+		dst = appendNoreply(dst, r.noreply)
+		dst = append(dst, crlf...)
+		dst = append(dst, r.value...)
+	case opIncr, opDecr:
+		if r.op == opIncr {
+			dst = append(dst, "incr "...)
+		} else {
+			dst = append(dst, "decr "...)
+		}
+		dst = append(dst, r.key...)
+		dst = append(dst, ' ')
+		dst = strconv.AppendUint(dst, r.delta, 10)
+		dst = appendNoreply(dst, r.noreply)
+	case opDelete:
+		dst = append(dst, "delete "...)
+		dst = append(dst, r.key...)
+		dst = appendNoreply(dst, r.noreply)
+	case opTouch:
+		dst = append(dst, "touch "...)
+		dst = append(dst, r.key...)
+		dst = append(dst, ' ')
+		dst = strconv.AppendInt(dst, r.exptime, 10)
+		dst = appendNoreply(dst, r.noreply)
+	case opFlushAll:
+		dst = append(dst, "flush_all"...)
+	case opStats:
+		dst = append(dst, "stats"...)
+	case opVersion:
+		dst = append(dst, "version"...)
+	case opAuth:
+		// memcached's ASCII auth (-Y): a set of any key whose data is
+		// "username password".
+		dst = append(dst, "set _ 0 0 "...)
+		dst = strconv.AppendInt(dst, int64(len(r.user)+1+len(r.pass)), 10)
+		dst = append(dst, crlf...)
+		dst = append(dst, r.user...)
+		dst = append(dst, ' ')
+		dst = append(dst, r.pass...)
+	}
+	return append(dst, crlf...)
+}
+
+func appendNoreply(dst []byte, noreply bool) []byte {
+	if noreply {
+		return append(dst, " noreply"...)
+	}
+	return dst
+}
+
+// Parser phases.
+const (
+	phaseLine uint8 = iota // expecting a reply line
+	phaseData              // inside a VALUE data block that spans reads
+)
+
+// parseTextReply consumes the reply to r from buf. It returns how many
+// bytes it used and whether the reply is complete. It may be called again
+// with more bytes when it returns done == false: it never needs bytes it
+// already consumed. The operation's outcome (miss, not stored, server
+// error) goes to r.err; a returned error means the stream can no longer be
+// trusted and the connection must be discarded.
+func parseTextReply(r *request, buf []byte) (n int, done bool, err error) {
+	for {
+		if r.parse.phase == phaseData {
+			used, complete, err := continueData(r, buf[n:])
+			n += used
+			if err != nil || !complete {
+				return n, false, err
+			}
+			continue
+		}
+		i := bytes.IndexByte(buf[n:], '\n')
+		if i < 0 {
+			if len(buf)-n > maxTextLine {
+				return n, false, protocolError("reply line too long", buf[n:n+64])
+			}
+			return n, false, nil
+		}
+		if i == 0 || buf[n+i-1] != '\r' {
+			return n, false, protocolError("reply line not ended by CRLF", buf[n:n+i+1])
+		}
+		line := buf[n : n+i-1]
+		rest := buf[n+i+1:]
+		n += i + 1
+		if bytes.HasPrefix(line, valuePrefix) && r.op.isRetrieval() {
+			used, err := startValue(r, line, rest)
+			n += used
+			if err != nil {
+				return n, false, err
+			}
+			continue
+		}
+		if done, err := finishLine(r, line); done || err != nil {
+			return n, done, err
+		}
+	}
+}
+
+var (
+	valuePrefix = []byte("VALUE ")
+	statPrefix  = []byte("STAT ")
+)
+
+// startValue handles a VALUE header line and as much of its data block as
+// rest holds. It returns the bytes of rest it consumed.
+func startValue(r *request, line, rest []byte) (int, error) {
+	key, flags, size, cas, ok := parseValueHeader(line[len(valuePrefix):], r.op == opGets)
+	if !ok {
+		return 0, protocolError("malformed VALUE line", line)
+	}
+	index, ok := r.matchKey(key)
+	if !ok {
+		return 0, protocolError("VALUE for a key that was not requested", key)
+	}
+	if size > r.maxValue {
+		return 0, protocolError("VALUE longer than MaxValueLength ("+strconv.Itoa(r.maxValue)+")", line)
+	}
+	r.parse.index, r.parse.vflags, r.parse.vcas, r.parse.vlen = index, flags, cas, size
+	if len(rest) >= size+2 {
+		// Whole block in the buffer: no copy.
+		if rest[size] != '\r' || rest[size+1] != '\n' {
+			return 0, protocolError("data block not followed by CRLF", rest[size:size+2])
+		}
+		r.keepFirstErr(r.deliverValue(index, flags, cas, rest[:size]))
+		return size + 2, nil
+	}
+	r.parse.phase = phaseData
+	r.parse.pending = size + 2
+	r.parse.scratch = grow(r.parse.scratch[:0], size+2)
+	used, _, err := continueData(r, rest)
+	return used, err
+}
+
+// continueData gathers a data block that spans reads into the scratch
+// buffer and delivers it once complete.
+func continueData(r *request, buf []byte) (int, bool, error) {
+	take := min(len(buf), r.parse.pending)
+	r.parse.scratch = append(r.parse.scratch, buf[:take]...)
+	r.parse.pending -= take
+	if r.parse.pending > 0 {
+		return take, false, nil
+	}
+	r.parse.phase = phaseLine
+	block := r.parse.scratch
+	size := r.parse.vlen
+	if block[size] != '\r' || block[size+1] != '\n' {
+		return take, false, protocolError("data block not followed by CRLF", block[size:])
+	}
+	r.keepFirstErr(r.deliverValue(r.parse.index, r.parse.vflags, r.parse.vcas, block[:size]))
+	return take, true, nil
+}
+
+// keepFirstErr records the first per-value error (a corrupt compressed
+// value, say) without stopping the parse: the stream itself is fine.
+func (r *request) keepFirstErr(err error) {
+	if err != nil && r.err == nil {
+		r.err = err
+	}
+}
+
+// matchKey finds which requested key a VALUE line answers. memcached
+// answers in request order, so the search starts after the previous match
+// and the usual cost is one comparison per value.
+func (r *request) matchKey(key []byte) (int, bool) {
+	if r.op != opGetMulti {
+		if r.found || string(key) != r.key {
+			return 0, false
+		}
+		return 0, true
+	}
+	n := len(r.keys)
+	for j := 0; j < n; j++ {
+		i := r.parse.cursor + j
+		if i >= n {
+			i -= n
+		}
+		if r.keys[i] == string(key) {
+			r.parse.cursor = i + 1
+			return i, true
+		}
+	}
+	return 0, false
+}
+
+// finishLine interprets a reply line that is not a VALUE header.
+func finishLine(r *request, line []byte) (done bool, err error) {
+	switch {
+	case string(line) == "END":
+		switch {
+		case r.op == opStats:
+		case r.op.isRetrieval():
+			if r.op != opGetMulti && !r.found && r.err == nil {
+				r.err = ErrCacheMiss
+			}
+		default:
+			return false, protocolError("unexpected reply", line)
+		}
+		return true, nil
+	case bytes.HasPrefix(line, statPrefix) && r.op == opStats:
+		name, value, _ := bytes.Cut(line[len(statPrefix):], []byte{' '})
+		if r.stats == nil {
+			r.stats = make(map[string]string)
+		}
+		r.stats[string(name)] = string(value)
+		return false, nil
+	case bytes.HasPrefix(line, []byte("SERVER_ERROR")):
+		r.err = &ServerError{Message: boundedMessage(bytes.TrimPrefix(line[len("SERVER_ERROR"):], []byte{' '}))}
+		return true, nil
+	case bytes.HasPrefix(line, []byte("CLIENT_ERROR")):
+		r.err = &ClientError{Message: boundedMessage(bytes.TrimPrefix(line[len("CLIENT_ERROR"):], []byte{' '}))}
+		if r.op == opAuth {
+			r.err = authError(r.err)
+		}
+		// The server may still answer the rest of the command: the
+		// connection cannot be trusted to be in step any more.
+		return true, errDiscardConn
+	case string(line) == "ERROR" || bytes.HasPrefix(line, []byte("ERROR ")):
+		r.err = &ServerError{Message: boundedMessage(line)}
+		return true, errDiscardConn
+	}
+	if err := expectedReply(r, line); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// expectedReply maps the one-line reply of a non-retrieval command to the
+// request's outcome. An answer that does not belong to the command is a
+// protocol error.
+func expectedReply(r *request, line []byte) error {
+	reply := string(line)
+	switch r.op {
+	case opSet, opAdd, opReplace, opAppend, opPrepend, opCAS, opAuth:
+		switch reply {
+		case "STORED":
+			return nil
+		case "NOT_STORED":
+			r.err = ErrNotStored
+			return nil
+		case "EXISTS":
+			if r.op == opCAS {
+				r.err = ErrCASConflict
+				return nil
+			}
+		case "NOT_FOUND":
+			if r.op == opCAS {
+				r.err = ErrCacheMiss
+				return nil
+			}
+		}
+	case opIncr, opDecr:
+		if reply == "NOT_FOUND" {
+			r.err = ErrCacheMiss
+			return nil
+		}
+		if v, ok := parseUint(line); ok {
+			r.number = v
+			return nil
+		}
+	case opDelete:
+		switch reply {
+		case "DELETED":
+			return nil
+		case "NOT_FOUND":
+			r.err = ErrCacheMiss
+			return nil
+		}
+	case opTouch:
+		switch reply {
+		case "TOUCHED":
+			return nil
+		case "NOT_FOUND":
+			r.err = ErrCacheMiss
+			return nil
+		}
+	case opFlushAll:
+		if reply == "OK" {
+			return nil
+		}
+	case opVersion:
+		if v, ok := bytes.CutPrefix(line, []byte("VERSION ")); ok {
+			r.text = string(v)
+			return nil
+		}
+	}
+	return protocolError("unexpected reply", line)
+}
+
+// parseValueHeader splits "<key> <flags> <bytes>[ <cas>]".
+func parseValueHeader(b []byte, wantCAS bool) (key []byte, flags uint32, size int, cas uint64, ok bool) {
+	key, b, ok = nextField(b)
+	if !ok {
+		return
+	}
+	var f, s []byte
+	if f, b, ok = nextField(b); !ok {
+		return
+	}
+	if s, b, ok = nextField(b); !ok {
+		return
+	}
+	fl, ok1 := parseUint(f)
+	sz, ok2 := parseUint(s)
+	if !ok1 || !ok2 || fl > 0xffffffff || sz > 1<<31 {
+		return nil, 0, 0, 0, false
+	}
+	flags, size = uint32(fl), int(sz)
+	if len(b) > 0 {
+		var c []byte
+		if c, b, ok = nextField(b); !ok {
+			return
+		}
+		if cas, ok = parseUint(c); !ok || len(b) > 0 {
+			return nil, 0, 0, 0, false
+		}
+	} else if wantCAS {
+		return nil, 0, 0, 0, false
+	}
+	return key, flags, size, cas, true
+}
+
+// nextField returns the bytes up to the next single space and what
+// follows it. Empty fields (double spaces) are malformed.
+func nextField(b []byte) (field, rest []byte, ok bool) {
+	i := bytes.IndexByte(b, ' ')
+	if i < 0 {
+		return b, nil, len(b) > 0
+	}
+	if i == 0 || i == len(b)-1 {
+		return nil, nil, false
+	}
+	return b[:i], b[i+1:], true
+}
+
+// parseUint parses a decimal uint64 with no sign, no spaces and no
+// overflow. memcached may space-pad a decremented number in place; that
+// padding is only ever seen in values read back, which callers trim.
+func parseUint(b []byte) (uint64, bool) {
+	if len(b) == 0 || len(b) > 20 {
+		return 0, false
+	}
+	var v uint64
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		d := uint64(c - '0')
+		if v > (1<<64-1-d)/10 {
+			return 0, false
+		}
+		v = v*10 + d
+	}
+	return v, true
+}

@@ -1,0 +1,100 @@
+package ermc
+
+import (
+	"encoding/binary"
+	"fmt"
+	"sync"
+
+	"github.com/pierrec/lz4/v4"
+)
+
+// Flag bits, as pyermc and python-memcached set them.
+const (
+	FlagEncoded    uint32 = 1 // an object encoded by a Codec (pickle in Python)
+	FlagInteger    uint32 = 2 // a decimal integer
+	FlagLong       uint32 = 4 // a decimal integer (Python 2 long)
+	FlagCompressed uint32 = 8 // lz4 block with a 4-byte little-endian length prefix
+)
+
+// compressedHeader is the length prefix python-lz4's lz4.block.compress
+// writes before the block: the original size, little-endian.
+const compressedHeader = 4
+
+var compressorPool = sync.Pool{New: func() any { return new(lz4.Compressor) }}
+
+// appendCompressed appends value in the python-lz4 block format to dst.
+// ok is false when the result would not be smaller than value, in which
+// case dst is returned unchanged and the value should be stored raw.
+func appendCompressed(dst, value []byte) (out []byte, ok bool) {
+	start := len(dst)
+	bound := lz4.CompressBlockBound(len(value))
+	dst = grow(dst, compressedHeader+bound)
+	frame := dst[start : start+compressedHeader+bound]
+	binary.LittleEndian.PutUint32(frame, uint32(len(value)))
+	c := compressorPool.Get().(*lz4.Compressor)
+	n, err := c.CompressBlock(value, frame[compressedHeader:])
+	compressorPool.Put(c)
+	if err != nil || n == 0 || compressedHeader+n >= len(value) {
+		return dst[:start], false
+	}
+	return dst[:start+compressedHeader+n], true
+}
+
+// appendDecompressed appends the value framed by src (python-lz4 block
+// format) to dst. A declared length over maxLen is refused before any
+// allocation, and the block must decode to exactly the declared length.
+func appendDecompressed(dst, src []byte, maxLen int) ([]byte, error) {
+	if len(src) < compressedHeader {
+		return dst, fmt.Errorf("%w: compressed value of %d bytes has no length prefix", ErrCorruptValue, len(src))
+	}
+	size := int(binary.LittleEndian.Uint32(src))
+	if size > maxLen {
+		return dst, fmt.Errorf("%w: compressed value declares %d bytes, limit %d", ErrValueTooLarge, size, maxLen)
+	}
+	start := len(dst)
+	dst = grow(dst, size)
+	n, err := lz4.UncompressBlock(src[compressedHeader:], dst[start:start+size])
+	if err != nil || n != size {
+		return dst[:start], fmt.Errorf("%w: lz4 block does not decode to its declared %d bytes", ErrCorruptValue, size)
+	}
+	return dst[:start+size], nil
+}
+
+// grow makes room for n more bytes after len(b), keeping len(b).
+func grow(b []byte, n int) []byte {
+	if cap(b)-len(b) >= n {
+		return b
+	}
+	nb := make([]byte, len(b), 2*cap(b)+n)
+	copy(nb, b)
+	return nb
+}
+
+// deliverValue hands one complete value, as stored on the server, to the
+// request: appended (decompressed) to dst for single-key reads, or passed
+// to the multi-get callback with the key's index. data is only valid during
+// the call.
+func (r *request) deliverValue(index int, flags uint32, cas uint64, data []byte) error {
+	if r.op == opGetMulti {
+		v := data
+		if flags&FlagCompressed != 0 {
+			var err error
+			if r.decoded, err = appendDecompressed(r.decoded[:0], data, r.maxValue); err != nil {
+				return err
+			}
+			v = r.decoded
+		}
+		r.onValue(index, v)
+		return nil
+	}
+	r.found = true
+	r.resFlags = flags
+	r.resCAS = cas
+	if flags&FlagCompressed != 0 {
+		var err error
+		r.dst, err = appendDecompressed(r.dst, data, r.maxValue)
+		return err
+	}
+	r.dst = append(r.dst, data...)
+	return nil
+}
