@@ -1,0 +1,35 @@
+package ermc
+
+import (
+	"context"
+	"testing"
+)
+
+// wireDrivers are the drivers that talk to a server. The conformance suite
+// and the walkthrough run on each of them.
+var wireDrivers = []Protocol{Text}
+
+// newTestClient makes a client of proto for addr, closed when t ends.
+func newTestClient(t testing.TB, addr string, proto Protocol, opts Options) *Client {
+	t.Helper()
+	opts.Protocol = proto
+	c, err := New(addr, opts)
+	if err != nil {
+		t.Fatalf("New(%q, %v): %v", addr, proto, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// forEachDriver runs fn as a subtest per wire driver, each with a fresh
+// memcached and a client of that driver.
+func forEachDriver(t *testing.T, opts Options, fn func(t *testing.T, c *Client)) {
+	for _, proto := range wireDrivers {
+		t.Run(proto.String(), func(t *testing.T) {
+			s := startMemcached(t)
+			fn(t, newTestClient(t, s.Addr, proto, opts))
+		})
+	}
+}
+
+var bg = context.Background()
