@@ -123,7 +123,9 @@ func New(addr string, opts Options) (*Client, error) {
 	network, address := splitAddr(addr)
 	switch opts.Protocol {
 	case Text:
-		c.drv = newConnPool(network, address, &c.opts, codec{appendTextRequest, parseTextReply})
+		c.drv = newConnPool(network, address, &c.opts, textCodec)
+	case Ultra:
+		c.drv = newUltraDriver(network, address, &c.opts, defaultUltraLanes())
 	case Noop:
 		c.drv = noopDriver{}
 	default:

@@ -27,6 +27,7 @@ const (
 	opStats
 	opVersion
 	opAuth
+	opFence // Ultra: "mn", answered by "MN" after every earlier reply
 )
 
 // isStorage reports whether op sends a data block.
@@ -36,9 +37,8 @@ func (op opcode) isStorage() bool { return op >= opSet && op <= opCAS }
 func (op opcode) isRetrieval() bool { return op <= opGetMulti }
 
 // request is one operation in flight: what to send, where results go, and
-// the parser's progress through the reply. Drivers reuse requests (one per
-// pooled connection, or a sync.Pool for the pipelined driver), so a steady
-// state operation allocates nothing.
+// the parser's progress through the reply. Requests come from a sync.Pool,
+// so a steady state operation allocates nothing.
 type request struct {
 	op      opcode
 	noreply bool
@@ -63,8 +63,17 @@ type request struct {
 	onValue  func(i int, v []byte) // multi-get callback
 	decoded  []byte                // multi-get scratch for decompression
 	maxValue int                   // MaxValueLength, for decompression bounds
-	ownStore func(i int, v []byte) // multi-get delivery when the caller cannot run onValue yet
 	err      error
+
+	// Pipelining (Ultra driver).
+	deferValues bool          // collect multi-get values for replayValues instead of calling onValue
+	collected   []byte        // the collected values
+	wake        chan struct{} // completion signal, made once per pooled request
+	where       uint8         // at the caller, queued, in flight, being parsed (lane.mu)
+	sink        bool          // stands in for an abandoned request; recycled by the lane
+	fault       error         // transport fault that ended the request
+	sentAt      time.Time     // when it was written: its reply is due by sentAt+Timeout
+	wireLen     int           // encoded size, for the in-flight byte bound
 
 	// Parser progress, reset per request.
 	parse parseState
@@ -84,11 +93,9 @@ type parseState struct {
 
 // reset clears a request for reuse, keeping the scratch capacity.
 func (r *request) reset() {
-	scratch := r.parse.scratch[:0]
-	decoded := r.decoded[:0]
+	scratch, decoded, collected, wake := r.parse.scratch[:0], r.decoded[:0], r.collected[:0], r.wake
 	*r = request{}
-	r.parse.scratch = scratch
-	r.decoded = decoded
+	r.parse.scratch, r.decoded, r.collected, r.wake = scratch, decoded, collected, wake
 }
 
 var requestPool = sync.Pool{New: func() any { return new(request) }}
@@ -104,6 +111,9 @@ func putRequest(r *request) {
 	}
 	if cap(r.decoded) > maxRetainedScratch {
 		r.decoded = nil
+	}
+	if cap(r.collected) > maxRetainedScratch {
+		r.collected = nil
 	}
 	requestPool.Put(r)
 }

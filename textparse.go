@@ -5,6 +5,9 @@ import (
 	"strconv"
 )
 
+// textCodec is the text protocol for the pooled driver.
+var textCodec = codec{appendTextRequest, parseTextReply}
+
 // Text protocol: request encoders and a resumable reply parser.
 // Everything here is pure: bytes in, bytes or results out, no I/O.
 
@@ -87,6 +90,8 @@ func appendTextRequest(dst []byte, r *request) []byte {
 		dst = append(dst, "stats"...)
 	case opVersion:
 		dst = append(dst, "version"...)
+	case opFence:
+		dst = append(dst, "mn"...)
 	case opAuth:
 		// memcached's ASCII auth (-Y): a set of any key whose data is
 		// "username password".
@@ -244,6 +249,12 @@ func (r *request) matchKey(key []byte) (int, bool) {
 
 // finishLine interprets a reply line that is not a VALUE header.
 func finishLine(r *request, line []byte) (done bool, err error) {
+	if r.op == opFence {
+		// Everything before MN answers earlier noreply commands, which
+		// asked for no reply: errors only, dropped here so they cannot
+		// be taken for the next request's reply.
+		return string(line) == "MN", nil
+	}
 	switch {
 	case string(line) == "END":
 		switch {

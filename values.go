@@ -84,7 +84,11 @@ func (r *request) deliverValue(index int, flags uint32, cas uint64, data []byte)
 			}
 			v = r.decoded
 		}
-		r.onValue(index, v)
+		if r.deferValues {
+			r.collectValue(index, v)
+		} else {
+			r.onValue(index, v)
+		}
 		return nil
 	}
 	r.found = true
