@@ -108,6 +108,9 @@ type driver interface {
 type Client struct {
 	opts   Options
 	drv    driver
+	// pipelined drivers can send noreply commands; the others carry one
+	// request per connection, so their *Noreply calls wait for the reply.
+	pipelined bool
 	cas    casStore
 	closed atomic.Bool
 }
@@ -126,6 +129,7 @@ func New(addr string, opts Options) (*Client, error) {
 		c.drv = newConnPool(network, address, &c.opts, textCodec)
 	case Ultra:
 		c.drv = newUltraDriver(network, address, &c.opts, defaultUltraLanes())
+		c.pipelined = true
 	case Noop:
 		c.drv = noopDriver{}
 	default:
@@ -294,9 +298,33 @@ func (c *Client) CAS(ctx context.Context, key string, value []byte, ttl time.Dur
 // ResetCAS forgets every remembered CAS id.
 func (c *Client) ResetCAS() { c.cas.reset() }
 
+// SetNoreply is fire-and-forget Set (memcached noreply; ultramemcache's
+// async=True). On the Ultra driver it returns once the command is encoded
+// for sending: a write that fails, or a server that refuses it, goes
+// unreported, and a following Get may not see it yet. On Text and Binary,
+// whose connections carry one request at a time, it is an ordinary Set.
+// Key and size checks still apply before anything is queued.
+func (c *Client) SetNoreply(ctx context.Context, key string, value []byte, ttl time.Duration) error {
+	return c.storeMode(ctx, opSet, key, value, 0, ttl, 0, c.pipelined)
+}
+
+// DeleteNoreply is fire-and-forget Delete, with SetNoreply's caveats.
+func (c *Client) DeleteNoreply(ctx context.Context, key string) error {
+	return c.keyOpMode(ctx, opDelete, key, 0, c.pipelined)
+}
+
+// TouchNoreply is fire-and-forget Touch, with SetNoreply's caveats.
+func (c *Client) TouchNoreply(ctx context.Context, key string, ttl time.Duration) error {
+	return c.keyOpMode(ctx, opTouch, key, exptime(ttl), c.pipelined)
+}
+
 // store sends a storage command, compressing value above
 // CompressThreshold when that makes it smaller.
 func (c *Client) store(ctx context.Context, op opcode, key string, value []byte, flags uint32, ttl time.Duration, cas uint64) error {
+	return c.storeMode(ctx, op, key, value, flags, ttl, cas, false)
+}
+
+func (c *Client) storeMode(ctx context.Context, op opcode, key string, value []byte, flags uint32, ttl time.Duration, cas uint64, noreply bool) error {
 	if err := c.checkKey(key); err != nil {
 		return err
 	}
@@ -304,7 +332,7 @@ func (c *Client) store(ctx context.Context, op opcode, key string, value []byte,
 		return fmt.Errorf("%w: %d bytes, limit %d", ErrValueTooLarge, len(value), c.opts.MaxValueLength)
 	}
 	r := getRequest()
-	r.op, r.key, r.value, r.flags, r.exptime, r.cas = op, key, value, flags, exptime(ttl), cas
+	r.op, r.key, r.value, r.flags, r.exptime, r.cas, r.noreply = op, key, value, flags, exptime(ttl), cas, noreply
 	var buf *bytebufferpool.ByteBuffer // compressed copy of value, if smaller
 	if t := c.opts.CompressThreshold; t > 0 && len(value) > t && op != opAppend && op != opPrepend {
 		buf = getBuffer()
@@ -359,11 +387,15 @@ func (c *Client) Touch(ctx context.Context, key string, ttl time.Duration) error
 }
 
 func (c *Client) keyOp(ctx context.Context, op opcode, key string, exp int64) error {
+	return c.keyOpMode(ctx, op, key, exp, false)
+}
+
+func (c *Client) keyOpMode(ctx context.Context, op opcode, key string, exp int64, noreply bool) error {
 	if err := c.checkKey(key); err != nil {
 		return err
 	}
 	r := getRequest()
-	r.op, r.key, r.exptime = op, key, exp
+	r.op, r.key, r.exptime, r.noreply = op, key, exp, noreply
 	err := c.do(ctx, r)
 	putRequest(r)
 	return c.hideFault(err, ErrCacheMiss)

@@ -85,8 +85,7 @@ func (u *ultraDriver) close() error {
 	u.closed.Store(true)
 	for _, ln := range u.lanes {
 		ln.mu.Lock()
-		pending := ln.pending
-		ln.pending = nil
+		pending := ln.takePending(nil)
 		if ln.nc != nil {
 			ln.nc.Close() // the reader fails what is in flight
 		}
@@ -162,8 +161,7 @@ func (ln *lane) writeLoop(ctx context.Context) {
 			return
 		}
 		if err := ln.ensureConn(ctx); err != nil {
-			failed := append(ln.taken[:0], ln.pending...)
-			ln.pending = ln.pending[:0]
+			failed := ln.takePending(ln.taken[:0])
 			ln.mu.Unlock()
 			for _, r := range failed {
 				ln.complete(r, err)
@@ -255,6 +253,9 @@ func (ln *lane) publish(nc net.Conn, wire []*request) bool {
 	now := time.Now()
 	ln.mu.Lock()
 	if ln.nc != nc {
+		for _, r := range wire {
+			r.where = atCaller
+		}
 		ln.mu.Unlock()
 		fault := &ConnError{Op: "write", Addr: ln.u.d.addr, Err: net.ErrClosed}
 		for _, r := range wire {
@@ -370,22 +371,45 @@ func (ln *lane) removePending(r *request) {
 // of its own, and is recycled by the reader.
 func newSink(r *request) *request {
 	s := getRequest()
-	s.op, s.key, s.maxValue, s.sentAt = r.op, r.key, r.maxValue, r.sentAt
+	s.op, s.key, s.maxValue, s.sentAt, s.wireLen = r.op, r.key, r.maxValue, r.sentAt, r.wireLen
 	s.keys = append([]string(nil), r.keys...)
 	s.sink, s.deferValues, s.where = true, true, atFlight
 	return s
 }
 
 // complete finishes r with a transport fault (nil on success) and wakes its
-// caller; sinks and fences go back to the pool.
+// caller; sinks and fences go back to the pool. The caller of complete has
+// already set r.where = atCaller under mu, so a cancelled waiter knows to
+// wait for this wake-up instead of leaving.
 func (ln *lane) complete(r *request, fault error) {
 	if r.sink {
 		putRequest(r)
 		return
 	}
 	r.fault = fault
-	r.where = atCaller
 	r.wake <- struct{}{}
+}
+
+// takeAll empties q into dst, marking each request as back with its
+// caller. Called with mu held.
+func takeAll(dst []*request, q *ring) []*request {
+	for r := q.pop(); r != nil; r = q.pop() {
+		r.where = atCaller
+		dst = append(dst, r)
+	}
+	return dst
+}
+
+// takePending empties the queue of unwritten requests into dst. Called
+// with mu held.
+func (ln *lane) takePending(dst []*request) []*request {
+	for _, r := range ln.pending {
+		r.where = atCaller
+		dst = append(dst, r)
+	}
+	clear(ln.pending)
+	ln.pending = ln.pending[:0]
+	return dst
 }
 
 // readLoop parses replies from nc for the requests in flight, in order,
@@ -453,6 +477,7 @@ func (ln *lane) startParse() *request {
 func (ln *lane) finishParse(r *request) {
 	ln.mu.Lock()
 	ln.flight.pop()
+	r.where = atCaller
 	ln.inflightBytes -= r.wireLen
 	ln.setReadDeadline(ln.flight.peekSent())
 	ln.mu.Unlock()
@@ -477,10 +502,7 @@ func (ln *lane) fail(nc net.Conn, err error) {
 		return
 	}
 	ln.nc = nil
-	var failed []*request
-	for r := ln.flight.pop(); r != nil; r = ln.flight.pop() {
-		failed = append(failed, r)
-	}
+	failed := takeAll(nil, &ln.flight)
 	ln.inflightBytes = 0
 	restart := !ln.writing && len(ln.pending) > 0
 	if restart {
