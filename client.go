@@ -107,6 +107,7 @@ type driver interface {
 // concurrent use by multiple goroutines.
 type Client struct {
 	opts   Options
+	addr   string
 	drv    driver
 	// pipelined drivers can send noreply commands; the others carry one
 	// request per connection, so their *Noreply calls wait for the reply.
@@ -119,7 +120,7 @@ type Client struct {
 // "unix:path"). It does no I/O: connections open on first use or Connect.
 func New(addr string, opts Options) (*Client, error) {
 	opts.applyDefaults()
-	c := &Client{opts: opts}
+	c := &Client{opts: opts, addr: addr}
 	if opts.Protocol != Noop && addr == "" {
 		return nil, fmt.Errorf("ermc: empty server address")
 	}
@@ -161,6 +162,11 @@ func (c *Client) Close() error {
 func (c *Client) do(ctx context.Context, r *request) error {
 	if c.closed.Load() {
 		return ErrClosed
+	}
+	if err := ctx.Err(); err != nil {
+		// Not sent: a driver's cancellation interrupt could lose the race
+		// with a fast reply and report success for a cancelled request.
+		return &ConnError{Op: "send", Addr: c.addr, Err: err}
 	}
 	r.maxValue = c.opts.MaxValueLength
 	if err := c.drv.do(ctx, r); err != nil {

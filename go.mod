@@ -6,3 +6,8 @@ require (
 	github.com/pierrec/lz4/v4 v4.1.33
 	github.com/valyala/bytebufferpool v1.0.0
 )
+
+require (
+	github.com/stretchr/testify v1.12.1
+	go.yaml.in/yaml/v3 v3.0.5 // indirect
+)

@@ -2,6 +2,7 @@ package ermc
 
 import (
 	"bytes"
+	"fmt"
 	"strconv"
 )
 
@@ -178,7 +179,9 @@ func startValue(r *request, line, rest []byte) (int, error) {
 		return 0, protocolError("VALUE for a key that was not requested", key)
 	}
 	if size > r.maxValue {
-		return 0, protocolError("VALUE longer than MaxValueLength ("+strconv.Itoa(r.maxValue)+")", line)
+		// Refused before allocating. The block is left unread, so the
+		// connection is discarded.
+		return 0, fmt.Errorf("%w: VALUE of %d bytes for %s, limit %d", ErrValueTooLarge, size, quoteBounded(key), r.maxValue)
 	}
 	r.parse.index, r.parse.vflags, r.parse.vcas, r.parse.vlen = index, flags, cas, size
 	if len(rest) >= size+2 {

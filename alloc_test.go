@@ -1,0 +1,126 @@
+//go:build !race
+
+package ermc
+
+import (
+	"context"
+	"strconv"
+	"testing"
+	"time"
+)
+
+// DESIGN.md: zero allocations on the hot path. Each steady-state operation
+// of the Text driver against a real memcached must allocate nothing with
+// context.Background(). (The race detector allocates, hence the build tag.)
+
+// allocCase is one measured operation, on items allocCases stored first.
+type allocCase struct {
+	name string
+	run  func(ctx context.Context) error
+}
+
+func allocCases(t *testing.T, c *Client) []allocCase {
+	t.Helper()
+	for i := 0; i < 10; i++ {
+		mustSet(t, c, "alloc:m"+strconv.Itoa(i), "multi value "+strconv.Itoa(i))
+	}
+	mustSet(t, c, "alloc:get", "a value of a typical size, a few dozen bytes long")
+	mustSet(t, c, "alloc:touch", "t")
+	mustSet(t, c, "alloc:n", "0")
+	mustSet(t, c, "alloc:present", "p")
+
+	buf := make([]byte, 0, 256)
+	value := []byte("a value of a typical size, a few dozen bytes long")
+	keys := make([]string, 10)
+	for i := range keys {
+		keys[i] = "alloc:m" + strconv.Itoa(i)
+	}
+	hits := 0
+	onValue := func(i int, v []byte) { hits++ } // made once, outside the measured calls
+
+	return []allocCase{
+		{"Get", func(ctx context.Context) error { _, err := c.Get(ctx, "alloc:get", buf[:0]); return err }},
+		{"GetMiss", func(ctx context.Context) error {
+			if _, err := c.Get(ctx, "alloc:absent", buf[:0]); err != ErrCacheMiss {
+				return err
+			}
+			return nil
+		}},
+		{"Gets", func(ctx context.Context) error { _, _, err := c.Gets(ctx, "alloc:get", buf[:0]); return err }},
+		{"Set", func(ctx context.Context) error { return c.Set(ctx, "alloc:set", value, 0) }},
+		{"DeleteMissing", func(ctx context.Context) error {
+			if err := c.Delete(ctx, "alloc:absent"); err != ErrCacheMiss {
+				return err
+			}
+			return nil
+		}},
+		{"SetDelete", func(ctx context.Context) error {
+			if err := c.Set(ctx, "alloc:del", value, 0); err != nil {
+				return err
+			}
+			return c.Delete(ctx, "alloc:del")
+		}},
+		{"Incr", func(ctx context.Context) error { _, err := c.Incr(ctx, "alloc:n", 1); return err }},
+		{"Touch", func(ctx context.Context) error { return c.Touch(ctx, "alloc:touch", time.Hour) }},
+		{"GetMulti10", func(ctx context.Context) error {
+			hits = 0
+			if err := c.GetMulti(ctx, keys, onValue); err != nil {
+				return err
+			}
+			if hits != len(keys) {
+				return ErrCacheMiss
+			}
+			return nil
+		}},
+	}
+}
+
+func TestAllocs(t *testing.T) {
+	s := startMemcached(t)
+	c := newTestClient(t, s.Addr, Text, Options{})
+	for _, ac := range allocCases(t, c) {
+		t.Run(ac.name, func(t *testing.T) {
+			var err error
+			allocs := testing.AllocsPerRun(200, func() {
+				if e := ac.run(bg); e != nil && err == nil {
+					err = e
+				}
+			})
+			if err != nil {
+				t.Fatalf("%s: %v", ac.name, err)
+			}
+			t.Logf("%s: %v allocs/op with context.Background()", ac.name, allocs)
+			if allocs != 0 {
+				t.Errorf("%s allocates %v times per op; want 0", ac.name, allocs)
+			}
+		})
+	}
+}
+
+// TestAllocsWithContext reports (does not assert) what a context with a
+// deadline or a cancel func costs per operation.
+func TestAllocsWithContext(t *testing.T) {
+	s := startMemcached(t)
+	c := newTestClient(t, s.Addr, Text, Options{})
+	timeout, cancelTimeout := context.WithTimeout(bg, time.Hour)
+	defer cancelTimeout()
+	cancellable, cancel := context.WithCancel(bg)
+	defer cancel()
+	for _, ac := range allocCases(t, c) {
+		for _, ctx := range []struct {
+			name string
+			ctx  context.Context
+		}{{"WithTimeout", timeout}, {"WithCancel", cancellable}} {
+			var err error
+			allocs := testing.AllocsPerRun(200, func() {
+				if e := ac.run(ctx.ctx); e != nil && err == nil {
+					err = e
+				}
+			})
+			if err != nil {
+				t.Fatalf("%s with %s: %v", ac.name, ctx.name, err)
+			}
+			t.Logf("%-14s %-12s %v allocs/op", ac.name, ctx.name, allocs)
+		}
+	}
+}
