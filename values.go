@@ -49,7 +49,9 @@ func appendDecompressed(dst, src []byte, maxLen int) ([]byte, error) {
 	}
 	size := int(binary.LittleEndian.Uint32(src))
 	if size > maxLen {
-		return dst, fmt.Errorf("%w: compressed value declares %d bytes, limit %d", ErrValueTooLarge, size, maxLen)
+		// DESIGN.md: "a stored length over MaxValueLength is a corrupt
+		// value, not an allocation": it matches ErrCorruptValue as well.
+		return dst, fmt.Errorf("%w: %w: compressed value declares %d bytes, limit %d", ErrCorruptValue, ErrValueTooLarge, size, maxLen)
 	}
 	start := len(dst)
 	dst = grow(dst, size)
