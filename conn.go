@@ -288,6 +288,10 @@ func (p *connPool) get(ctx context.Context) (*conn, error) {
 	if p.closed.Load() {
 		return nil, ErrClosed
 	}
+	if err := ctx.Err(); err != nil {
+		// Already cancelled or expired: send nothing.
+		return nil, &ConnError{Op: "wait for connection", Addr: p.d.addr, Err: err}
+	}
 	select {
 	case cn := <-p.idle:
 		return cn, nil
