@@ -190,8 +190,19 @@ func (cn *conn) roundTrip(ctx context.Context, r *request) error {
 // expired context is matched by errors.Is as well as the net error.
 func (cn *conn) annotate(ctx context.Context, err error) error {
 	var ce *ConnError
-	if errors.As(err, &ce) && ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
-		ce.Err = errors.Join(ctx.Err(), ce.Err)
+	if !errors.As(err, &ce) {
+		return err
+	}
+	cerr := ctx.Err()
+	if cerr == nil && ce.Timeout() {
+		// The socket deadline was the context's own and fired before the
+		// context's timer did: the context has expired all the same.
+		if dl, ok := ctx.Deadline(); ok && !time.Now().Before(dl) {
+			cerr = context.DeadlineExceeded
+		}
+	}
+	if cerr != nil && !errors.Is(err, cerr) {
+		ce.Err = errors.Join(cerr, ce.Err)
 	}
 	return err
 }
@@ -276,6 +287,10 @@ func newConnPool(network, addr string, opts *Options, c codec) *connPool {
 func (p *connPool) get(ctx context.Context) (*conn, error) {
 	if p.closed.Load() {
 		return nil, ErrClosed
+	}
+	if err := ctx.Err(); err != nil {
+		// Already cancelled or expired: send nothing.
+		return nil, &ConnError{Op: "wait for connection", Addr: p.d.addr, Err: err}
 	}
 	select {
 	case cn := <-p.idle:

@@ -1,0 +1,300 @@
+package ermc
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// A scripted fake memcached for what a real server cannot be made to do:
+// malformed replies, stalls, mid-reply disconnects. It listens on
+// 127.0.0.1:0; every accepted connection runs the script with its own
+// fakeConn. Everything the server reads is recorded.
+
+type fakeServer struct {
+	t      testing.TB
+	ln     net.Listener
+	Addr   string
+	script func(fc *fakeConn)
+
+	done     chan struct{} // closed when the server stops
+	requests chan fakeRequest
+	wg       sync.WaitGroup
+
+	mu       sync.Mutex
+	conns    []*fakeConn
+	received bytes.Buffer // every byte read, from all connections
+	open     int
+	maxOpen  int
+}
+
+// fakeRequest is one command the fake read.
+type fakeRequest struct {
+	Conn   int      // index of the connection, in accept order
+	Line   string   // the command line without CRLF
+	Fields []string // Line split on spaces
+	Data   []byte   // a storage command's data block, without CRLF
+}
+
+// fakeConn is the server side of one accepted connection.
+type fakeConn struct {
+	N          int // accept order, from 0
+	srv        *fakeServer
+	nc         net.Conn
+	r          *bufio.Reader
+	peerClosed chan struct{} // closed when a read sees EOF or an error
+	ended      chan struct{} // closed when the script returned and the fake hung up
+	closeOnce  sync.Once
+}
+
+// startFakeServer starts a fake whose connections run script. It stops
+// when t ends: the listener and every connection are closed and the
+// scripts are waited for.
+func startFakeServer(t testing.TB, script func(fc *fakeConn)) *fakeServer {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("fake server: %v", err)
+	}
+	s := &fakeServer{
+		t: t, ln: ln, Addr: ln.Addr().String(), script: script,
+		done: make(chan struct{}), requests: make(chan fakeRequest, 1024),
+	}
+	s.wg.Add(1)
+	go s.acceptLoop()
+	t.Cleanup(s.stop)
+	return s
+}
+
+func (s *fakeServer) acceptLoop() {
+	defer s.wg.Done()
+	for {
+		nc, err := s.ln.Accept()
+		if err != nil {
+			return
+		}
+		s.mu.Lock()
+		fc := &fakeConn{N: len(s.conns), srv: s, nc: nc, peerClosed: make(chan struct{}), ended: make(chan struct{})}
+		fc.r = bufio.NewReader(fc)
+		s.conns = append(s.conns, fc)
+		s.open++
+		s.maxOpen = max(s.maxOpen, s.open)
+		s.mu.Unlock()
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer func() {
+				fc.nc.Close()
+				s.mu.Lock()
+				s.open--
+				s.mu.Unlock()
+				close(fc.ended)
+			}()
+			s.script(fc)
+		}()
+	}
+}
+
+func (s *fakeServer) stop() {
+	select {
+	case <-s.done:
+		return
+	default:
+	}
+	close(s.done)
+	s.ln.Close()
+	s.mu.Lock()
+	for _, fc := range s.conns {
+		fc.nc.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+}
+
+// Accepted is how many connections the fake has accepted.
+func (s *fakeServer) Accepted() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
+}
+
+// MaxOpen is the largest number of connections open at once.
+func (s *fakeServer) MaxOpen() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.maxOpen
+}
+
+// Received is every byte the fake has read so far.
+func (s *fakeServer) Received() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.received.String()
+}
+
+// Conn returns the i-th accepted connection.
+func (s *fakeServer) Conn(i int) *fakeConn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if i >= len(s.conns) {
+		s.t.Fatalf("fake server: connection %d was never accepted (%d were)", i, len(s.conns))
+	}
+	return s.conns[i]
+}
+
+// WaitRequest returns the next request any connection read, failing the
+// test if none comes within a generous hang guard.
+func (s *fakeServer) WaitRequest() fakeRequest {
+	s.t.Helper()
+	select {
+	case r := <-s.requests:
+		return r
+	case <-time.After(hangGuard):
+		s.t.Fatalf("fake server: no request within %v", hangGuard)
+		return fakeRequest{}
+	}
+}
+
+// WaitPeerClosed fails the test unless the client closes connection i
+// within the hang guard: the client discarded it.
+func (s *fakeServer) WaitPeerClosed(i int) {
+	s.t.Helper()
+	select {
+	case <-s.Conn(i).peerClosed:
+	case <-time.After(hangGuard):
+		s.t.Fatalf("fake server: the client did not close connection %d within %v", i, hangGuard)
+	}
+}
+
+// WaitEnded waits until connection i's script has returned and the fake
+// has closed it.
+func (s *fakeServer) WaitEnded(i int) {
+	s.t.Helper()
+	select {
+	case <-s.Conn(i).ended:
+	case <-time.After(hangGuard):
+		s.t.Fatalf("fake server: connection %d still open after %v", i, hangGuard)
+	}
+}
+
+// hangGuard bounds every wait in these tests. It is not a timing
+// assertion: it only turns a hang into a failure.
+const hangGuard = 5 * time.Second
+
+// Read records what the client sent and notices when it hangs up.
+func (fc *fakeConn) Read(p []byte) (int, error) {
+	n, err := fc.nc.Read(p)
+	if n > 0 {
+		fc.srv.mu.Lock()
+		fc.srv.received.Write(p[:n])
+		fc.srv.mu.Unlock()
+	}
+	if err != nil {
+		fc.closeOnce.Do(func() { close(fc.peerClosed) })
+	}
+	return n, err
+}
+
+// Next reads one command (and its data block, for storage commands). It
+// returns false when the client hung up or the server is stopping.
+func (fc *fakeConn) Next() (fakeRequest, bool) {
+	line, err := fc.r.ReadString('\n')
+	if err != nil {
+		return fakeRequest{}, false
+	}
+	req := fakeRequest{Conn: fc.N, Line: strings.TrimSuffix(line, "\r\n")}
+	req.Fields = strings.Split(req.Line, " ")
+	switch req.Fields[0] {
+	case "set", "add", "replace", "append", "prepend", "cas":
+		if len(req.Fields) < 5 {
+			break
+		}
+		n, err := strconv.Atoi(req.Fields[4])
+		if err != nil {
+			break
+		}
+		data := make([]byte, n+2)
+		if _, err := io.ReadFull(fc.r, data); err != nil {
+			return fakeRequest{}, false
+		}
+		req.Data = data[:n]
+	}
+	select {
+	case fc.srv.requests <- req:
+	default:
+	}
+	return req, true
+}
+
+// Send writes s in one write. Errors are ignored: the client may be gone.
+func (fc *fakeConn) Send(s string) {
+	_, _ = fc.nc.Write([]byte(s))
+}
+
+// Wait blocks until ch is closed or the server stops; it reports whether
+// ch was closed.
+func (fc *fakeConn) Wait(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	case <-fc.srv.done:
+		return false
+	}
+}
+
+// Stall blocks until the server stops, without reading: the client's
+// request hangs.
+func (fc *fakeConn) Stall() { <-fc.srv.done }
+
+// Close hangs up.
+func (fc *fakeConn) Close() { fc.nc.Close() }
+
+// Serve answers requests like a tiny memcached over a fixed set of values
+// until the client hangs up.
+func (fc *fakeConn) Serve(values map[string]string) {
+	for {
+		req, ok := fc.Next()
+		if !ok {
+			return
+		}
+		fc.Send(fakeReply(req, values))
+	}
+}
+
+// fakeReply is a plausible memcached answer to req over values.
+func fakeReply(req fakeRequest, values map[string]string) string {
+	var b strings.Builder
+	switch req.Fields[0] {
+	case "get", "gets":
+		for _, k := range req.Fields[1:] {
+			if v, ok := values[k]; ok {
+				fmt.Fprintf(&b, "VALUE %s 0 %d", k, len(v))
+				if req.Fields[0] == "gets" {
+					b.WriteString(" 1")
+				}
+				fmt.Fprintf(&b, "\r\n%s\r\n", v)
+			}
+		}
+		b.WriteString("END\r\n")
+	case "set", "add", "replace", "append", "prepend", "cas":
+		b.WriteString("STORED\r\n")
+	case "delete":
+		if _, ok := values[req.Fields[1]]; ok {
+			b.WriteString("DELETED\r\n")
+		} else {
+			b.WriteString("NOT_FOUND\r\n")
+		}
+	case "version":
+		b.WriteString("VERSION fake\r\n")
+	default:
+		b.WriteString("ERROR\r\n")
+	}
+	return b.String()
+}

@@ -1,0 +1,588 @@
+package ermc
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// Fault tolerance of the Text driver against the scripted fake server:
+// every fault is reported, a broken connection is never reused, and the
+// next request gets its own reply on a fresh connection.
+
+// guarded runs fn and fails the test if it does not return within the hang
+// guard. It asserts nothing about timing otherwise.
+func guarded[T any](t *testing.T, fn func() T) T {
+	t.Helper()
+	ch := make(chan T, 1)
+	go func() { ch <- fn() }()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(hangGuard):
+		t.Fatalf("call did not return within %v", hangGuard)
+		panic("unreachable")
+	}
+}
+
+type getResult struct {
+	v   string
+	err error
+}
+
+func guardedGet(t *testing.T, c *Client, ctx context.Context, key string) getResult {
+	t.Helper()
+	return guarded(t, func() getResult {
+		v, err := c.Get(ctx, key, nil)
+		return getResult{string(v), err}
+	})
+}
+
+// fresh is what the fake's healthy connections serve.
+var fresh = map[string]string{"k": "fresh", "other": "other-value"}
+
+// afterFault is the check every fault test ends with: the faulty
+// connection was closed by the client, and the next request goes over a
+// new connection and gets its own value.
+func afterFault(t *testing.T, srv *fakeServer, c *Client) {
+	t.Helper()
+	srv.WaitPeerClosed(0)
+	res := guardedGet(t, c, bg, "k")
+	require.NoError(t, res.err, "the request after a fault")
+	assert.Equal(t, "fresh", res.v, "the request after a fault gets its own reply")
+	assert.Equal(t, 2, srv.Accepted(), "the request after a fault uses a new connection")
+}
+
+func TestFaultMalformedReplies(t *testing.T) {
+	cases := []struct{ name, reply string }{
+		{"bad VALUE line", "VALUE k 0 abc\r\nxyz\r\nEND\r\n"},
+		{"VALUE with negative length", "VALUE k 0 -5\r\nwrong\r\nEND\r\n"},
+		{"VALUE for another key", "VALUE other 0 5\r\nwrong\r\nEND\r\n"},
+		{"second VALUE for the key", "VALUE k 0 5\r\nfirst\r\nVALUE k 0 5\r\nagain\r\nEND\r\n"},
+		{"unknown reply line", "HELLO\r\n"},
+		{"reply of another command", "STORED\r\n"},
+		{"huge VALUE length", "VALUE k 0 4294967295\r\n"},
+		{"VALUE length 2^63", "VALUE k 0 9223372036854775808\r\n"},
+		{"VALUE over MaxValueLength, header only", "VALUE k 0 1000001\r\n"},
+		{"data block not followed by CRLF", "VALUE k 0 5\r\nwrongXY\r\nEND\r\n"},
+		{"line ended by LF only", "END\n"},
+		{"line longer than maxTextLine", strings.Repeat("x", 3*maxTextLine)},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := startFakeServer(t, func(fc *fakeConn) {
+				if fc.N == 0 {
+					if _, ok := fc.Next(); !ok {
+						return
+					}
+					fc.Send(tc.reply)
+				}
+				fc.Serve(fresh)
+			})
+			c := newTestClient(t, srv.Addr, Text, Options{Timeout: 2 * time.Second})
+			res := guardedGet(t, c, bg, "k")
+			require.Error(t, res.err)
+			assert.ErrorIs(t, res.err, ErrProtocol)
+			assert.Empty(t, res.v)
+			afterFault(t, srv, c)
+		})
+	}
+}
+
+// stallScript makes connection 0 answer its first request with partial,
+// then stall until release is closed, then send late (the rest of the
+// reply, which the client must never read), then behave. Every other
+// connection serves fresh values.
+func stallScript(partial, late string, release <-chan struct{}) func(fc *fakeConn) {
+	return func(fc *fakeConn) {
+		if fc.N == 0 {
+			if _, ok := fc.Next(); !ok {
+				return
+			}
+			fc.Send(partial)
+			if !fc.Wait(release) {
+				return
+			}
+			fc.Send(late)
+		}
+		fc.Serve(fresh)
+	}
+}
+
+// stallPoints are places in a reply to "get k" where the fake stops
+// sending. Joined, each pair is a valid reply with a value other than
+// "fresh".
+var stallPoints = func() []struct{ name, partial, late string } {
+	big := strings.Repeat("s", 40_000) // larger than the read buffer: the scratch-buffer path
+	return []struct{ name, partial, late string }{
+		{"before the first byte", "", "VALUE k 0 5\r\nstale\r\nEND\r\n"},
+		{"in the VALUE line", "VALUE k 0", " 5\r\nstale\r\nEND\r\n"},
+		{"between CR and LF", "VALUE k 0 5\r", "\nstale\r\nEND\r\n"},
+		{"in the value", "VALUE k 0 5\r\nst", "ale\r\nEND\r\n"},
+		{"before the data CRLF", "VALUE k 0 5\r\nstale", "\r\nEND\r\n"},
+		{"before END", "VALUE k 0 5\r\nstale\r\n", "END\r\n"},
+		{"in a 40 KB value", "VALUE k 0 40000\r\n" + big[:20_000], big[20_000:] + "\r\nEND\r\n"},
+	}
+}()
+
+func TestFaultStallTimesOut(t *testing.T) {
+	for _, sp := range stallPoints {
+		t.Run(sp.name, func(t *testing.T) {
+			release := make(chan struct{})
+			srv := startFakeServer(t, stallScript(sp.partial, sp.late, release))
+			t.Cleanup(func() {
+				select {
+				case <-release:
+				default:
+					close(release)
+				}
+			})
+			c := newTestClient(t, srv.Addr, Text, Options{Timeout: 200 * time.Millisecond})
+
+			res := guardedGet(t, c, bg, "k")
+			require.Error(t, res.err)
+			assert.Empty(t, res.v, "nothing of the stalled reply is returned")
+			var ce *ConnError
+			require.ErrorAs(t, res.err, &ce)
+			assert.Equal(t, "read", ce.Op)
+			assert.True(t, ce.Timeout(), "Timeout() reports the deadline: %v", res.err)
+			assert.ErrorIs(t, res.err, os.ErrDeadlineExceeded)
+			var ne net.Error
+			require.ErrorAs(t, res.err, &ne)
+			assert.True(t, ne.Timeout())
+
+			// The late rest of the stalled reply goes to the old
+			// connection; a client that reused it would read "stale".
+			close(release)
+			afterFault(t, srv, c)
+		})
+	}
+}
+
+func TestFaultStallWithErrorAsMiss(t *testing.T) {
+	release := make(chan struct{})
+	srv := startFakeServer(t, stallScript("", "END\r\n", release))
+	defer close(release)
+	c := newTestClient(t, srv.Addr, Text, Options{Timeout: 100 * time.Millisecond, ErrorAsMiss: true})
+	res := guardedGet(t, c, bg, "k")
+	assert.ErrorIs(t, res.err, ErrCacheMiss, "ErrorAsMiss reads a timeout as a miss")
+	var ce *ConnError
+	assert.ErrorAs(t, res.err, &ce, "the fault stays reachable")
+	assert.ErrorIs(t, res.err, os.ErrDeadlineExceeded)
+}
+
+func TestFaultEOFMidReply(t *testing.T) {
+	for _, sp := range stallPoints {
+		t.Run(sp.name, func(t *testing.T) {
+			srv := startFakeServer(t, func(fc *fakeConn) {
+				if fc.N == 0 {
+					if _, ok := fc.Next(); ok {
+						fc.Send(sp.partial)
+					}
+					return // hang up
+				}
+				fc.Serve(fresh)
+			})
+			c := newTestClient(t, srv.Addr, Text, Options{Timeout: 2 * time.Second})
+			res := guardedGet(t, c, bg, "k")
+			require.Error(t, res.err)
+			assert.Empty(t, res.v)
+			var ce *ConnError
+			require.ErrorAs(t, res.err, &ce)
+			assert.Equal(t, "read", ce.Op)
+			assert.ErrorIs(t, res.err, io.EOF)
+			assert.False(t, ce.Timeout())
+			res = guardedGet(t, c, bg, "k")
+			require.NoError(t, res.err)
+			assert.Equal(t, "fresh", res.v)
+			assert.Equal(t, 2, srv.Accepted())
+		})
+	}
+	t.Run("storage command", func(t *testing.T) {
+		srv := startFakeServer(t, func(fc *fakeConn) {
+			if fc.N == 0 {
+				if _, ok := fc.Next(); ok {
+					fc.Send("STOR")
+				}
+				return
+			}
+			fc.Serve(fresh)
+		})
+		c := newTestClient(t, srv.Addr, Text, Options{Timeout: 2 * time.Second})
+		err := guarded(t, func() error { return c.Set(bg, "k", []byte("v"), 0) })
+		var ce *ConnError
+		require.ErrorAs(t, err, &ce)
+		assert.ErrorIs(t, err, io.EOF)
+		require.NoError(t, guarded(t, func() error { return c.Set(bg, "k", []byte("v"), 0) }))
+		assert.Equal(t, 2, srv.Accepted())
+	})
+}
+
+func TestFaultContextCanceledMidRequest(t *testing.T) {
+	for _, sp := range stallPoints {
+		t.Run(sp.name, func(t *testing.T) {
+			release := make(chan struct{})
+			srv := startFakeServer(t, stallScript(sp.partial, sp.late, release))
+			t.Cleanup(func() {
+				select {
+				case <-release:
+				default:
+					close(release)
+				}
+			})
+			// The I/O timeout is far beyond the hang guard: only the
+			// cancellation can end the request in time.
+			c := newTestClient(t, srv.Addr, Text, Options{Timeout: time.Minute})
+			ctx, cancel := context.WithCancel(bg)
+			defer cancel()
+			go func() {
+				srv.WaitRequest()
+				cancel()
+			}()
+			res := guardedGet(t, c, ctx, "k")
+			require.Error(t, res.err)
+			assert.Empty(t, res.v)
+			assert.ErrorIs(t, res.err, context.Canceled)
+			var ce *ConnError
+			assert.ErrorAs(t, res.err, &ce)
+
+			close(release)
+			afterFault(t, srv, c)
+		})
+	}
+}
+
+func TestFaultContextAlreadyCanceled(t *testing.T) {
+	srv := startFakeServer(t, func(fc *fakeConn) { fc.Serve(fresh) })
+	c := newTestClient(t, srv.Addr, Text, Options{})
+	// Warm the pool so that an idle connection is at hand.
+	res := guardedGet(t, c, bg, "k")
+	require.NoError(t, res.err)
+	before := srv.Received()
+
+	ctx, cancel := context.WithCancel(bg)
+	cancel()
+	for i := 0; i < 20; i++ {
+		res := guardedGet(t, c, ctx, "other")
+		assert.ErrorIs(t, res.err, context.Canceled, "attempt %d", i)
+		err := guarded(t, func() error { return c.Set(ctx, "k", []byte("v"), 0) })
+		assert.ErrorIs(t, err, context.Canceled, "attempt %d", i)
+	}
+	assert.Equal(t, before, srv.Received(), "a cancelled request is never sent")
+}
+
+func TestFaultContextDeadlineShorterThanTimeout(t *testing.T) {
+	srv := startFakeServer(t, func(fc *fakeConn) {
+		if _, ok := fc.Next(); ok {
+			fc.Stall()
+		}
+	})
+	c := newTestClient(t, srv.Addr, Text, Options{Timeout: time.Minute})
+	// The socket deadline and the context's timer expire at the same
+	// instant; whichever fires first, the error must say DeadlineExceeded.
+	// Several rounds, because the order is up to the scheduler.
+	const rounds = 30
+	for i := 1; i <= rounds; i++ {
+		ctx, cancel := context.WithTimeout(bg, 20*time.Millisecond)
+		res := guardedGet(t, c, ctx, "k")
+		cancel()
+		require.Error(t, res.err)
+		require.ErrorIs(t, res.err, context.DeadlineExceeded, "round %d", i)
+		var ce *ConnError
+		require.ErrorAs(t, res.err, &ce)
+		assert.True(t, ce.Timeout())
+		assert.Equal(t, i, srv.Accepted(), "every timed-out connection is discarded")
+	}
+}
+
+func TestFaultErrorReplies(t *testing.T) {
+	cases := []struct {
+		name     string
+		reply    string
+		op       func(c *Client) error
+		check    func(t *testing.T, err error)
+		accepted int // connections after the follow-up request
+	}{
+		{"SERVER_ERROR keeps the connection", "SERVER_ERROR out of memory storing object\r\n",
+			func(c *Client) error { return c.Set(bg, "k", []byte("v"), 0) },
+			func(t *testing.T, err error) {
+				var se *ServerError
+				require.ErrorAs(t, err, &se)
+				assert.Equal(t, "out of memory storing object", se.Message)
+			}, 1},
+		{"SERVER_ERROR to a get keeps the connection", "SERVER_ERROR temporary failure\r\n",
+			func(c *Client) error { _, err := c.Get(bg, "k", nil); return err },
+			func(t *testing.T, err error) {
+				var se *ServerError
+				require.ErrorAs(t, err, &se)
+				assert.Equal(t, "temporary failure", se.Message)
+			}, 1},
+		{"CLIENT_ERROR discards the connection", "CLIENT_ERROR bad data chunk\r\n",
+			func(c *Client) error { return c.Set(bg, "k", []byte("v"), 0) },
+			func(t *testing.T, err error) {
+				var ce *ClientError
+				require.ErrorAs(t, err, &ce)
+				assert.Equal(t, "bad data chunk", ce.Message)
+			}, 2},
+		{"CLIENT_ERROR non-numeric discards the connection", "CLIENT_ERROR cannot increment or decrement non-numeric value\r\n",
+			func(c *Client) error { _, err := c.Incr(bg, "k", 1); return err },
+			func(t *testing.T, err error) {
+				assert.ErrorIs(t, err, ErrNonNumeric)
+			}, 2},
+		{"ERROR discards the connection", "ERROR\r\n",
+			func(c *Client) error { return c.Touch(bg, "k", time.Second) },
+			func(t *testing.T, err error) {
+				var se *ServerError
+				require.ErrorAs(t, err, &se)
+				assert.Equal(t, "ERROR", se.Message)
+			}, 2},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := startFakeServer(t, func(fc *fakeConn) {
+				if fc.N == 0 {
+					if _, ok := fc.Next(); !ok {
+						return
+					}
+					fc.Send(tc.reply)
+				}
+				fc.Serve(fresh)
+			})
+			c := newTestClient(t, srv.Addr, Text, Options{Timeout: 2 * time.Second})
+			err := guarded(t, func() error { return tc.op(c) })
+			require.Error(t, err)
+			tc.check(t, err)
+			var ce *ConnError
+			assert.False(t, errors.As(err, &ce), "a server's answer is not a connection fault")
+			assert.NotErrorIs(t, err, ErrProtocol)
+			if tc.accepted == 2 {
+				srv.WaitPeerClosed(0)
+			}
+			res := guardedGet(t, c, bg, "k")
+			require.NoError(t, res.err)
+			assert.Equal(t, "fresh", res.v)
+			assert.Equal(t, tc.accepted, srv.Accepted())
+		})
+	}
+}
+
+func TestFaultMalformedKeyNeverSent(t *testing.T) {
+	srv := startFakeServer(t, func(fc *fakeConn) { fc.Serve(fresh) })
+	c := newTestClient(t, srv.Addr, Text, Options{MaxValueLength: 100})
+	long := strings.Repeat("k", 251)
+	ops := map[string]func() error{
+		"get with space":        func() error { _, err := c.Get(bg, "a b", nil); return err },
+		"get empty":             func() error { _, err := c.Get(bg, "", nil); return err },
+		"gets with newline":     func() error { _, _, err := c.Gets(bg, "a\r\nflush_all", nil); return err },
+		"gat with NUL":          func() error { _, err := c.GetAndTouch(bg, "a\x00", time.Second, nil); return err },
+		"get multi one bad key": func() error { return c.GetMulti(bg, []string{"k", "bad key"}, func(int, []byte) {}) },
+		"set too long":          func() error { return c.Set(bg, long, []byte("v"), 0) },
+		"add with tab":          func() error { return c.Add(bg, "a\tb", []byte("v"), 0) },
+		"replace with DEL":      func() error { return c.Replace(bg, "a\x7f", []byte("v"), 0) },
+		"append empty":          func() error { return c.Append(bg, "", []byte("v")) },
+		"prepend with space":    func() error { return c.Prepend(bg, " ", []byte("v")) },
+		"cas with space":        func() error { return c.CompareAndSwap(bg, "a b", []byte("v"), 1, 0) },
+		"cached cas with space": func() error { return c.CAS(bg, "a b", []byte("v"), 0) },
+		"incr with space":       func() error { _, err := c.Incr(bg, "a b", 1); return err },
+		"decr with CR":          func() error { _, err := c.Decr(bg, "a\r", 1); return err },
+		"delete with LF":        func() error { return c.Delete(bg, "a\nb") },
+		"touch too long":        func() error { return c.Touch(bg, long, time.Second) },
+		"set int bad key":       func() error { return c.SetInt(bg, "a b", 1, 0) },
+		"set object bad key":    func() error { return c.SetObject(bg, "a b", 1, 0) },
+	}
+	for name, op := range ops {
+		err := guarded(t, op)
+		assert.ErrorIs(t, err, ErrMalformedKey, name)
+	}
+	err := guarded(t, func() error { return c.Set(bg, "k", make([]byte, 101), 0) })
+	assert.ErrorIs(t, err, ErrValueTooLarge, "an oversized value is refused before sending")
+
+	assert.Empty(t, srv.Received(), "nothing reached the wire")
+	assert.Zero(t, srv.Accepted(), "not even a connection")
+
+	// The recording works: a valid request is seen as sent.
+	res := guardedGet(t, c, bg, "k")
+	require.NoError(t, res.err)
+	assert.Equal(t, "fresh", res.v)
+	assert.Equal(t, "get k\r\n", srv.Received())
+}
+
+func TestFaultMaxConns(t *testing.T) {
+	srv := startFakeServer(t, func(fc *fakeConn) {
+		for {
+			if _, ok := fc.Next(); !ok {
+				return
+			}
+			// Stall: never answer.
+		}
+	})
+	c := newTestClient(t, srv.Addr, Text, Options{MaxConns: 2, Timeout: time.Minute})
+
+	holdCtx, release := context.WithCancel(bg)
+	defer release()
+	var wg sync.WaitGroup
+	held := make([]error, 2)
+	for i := range held {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, held[i] = c.Get(holdCtx, "k"+strconv.Itoa(i), nil)
+		}()
+	}
+	// Both connections are busy once the fake has both requests.
+	srv.WaitRequest()
+	srv.WaitRequest()
+	require.Equal(t, 2, srv.Accepted())
+
+	ctx, cancel := context.WithTimeout(bg, 50*time.Millisecond)
+	defer cancel()
+	res := guardedGet(t, c, ctx, "third")
+	require.Error(t, res.err)
+	assert.ErrorIs(t, res.err, context.DeadlineExceeded, "the third request waits, bounded by its context")
+	var ce *ConnError
+	assert.ErrorAs(t, res.err, &ce)
+	assert.NotContains(t, srv.Received(), "third", "the third request was never sent")
+	assert.Equal(t, 2, srv.Accepted())
+	assert.LessOrEqual(t, srv.MaxOpen(), 2)
+
+	release()
+	guarded(t, func() struct{} { wg.Wait(); return struct{}{} })
+	for i, err := range held {
+		assert.ErrorIs(t, err, context.Canceled, "held request %d", i)
+	}
+	srv.WaitPeerClosed(0)
+	srv.WaitPeerClosed(1)
+	assert.Equal(t, 2, srv.Accepted())
+	assert.LessOrEqual(t, srv.MaxOpen(), 2)
+}
+
+func TestFaultDialRefused(t *testing.T) {
+	addr := "127.0.0.1:" + strconv.Itoa(freePort(t)) // closed again: nothing listens
+	c := newTestClient(t, addr, Text, Options{ConnectTimeout: 2 * time.Second})
+	for name, op := range map[string]func() error{
+		"get":     func() error { _, err := c.Get(bg, "k", nil); return err },
+		"set":     func() error { return c.Set(bg, "k", []byte("v"), 0) },
+		"connect": func() error { return c.Connect(bg) },
+	} {
+		err := guarded(t, op)
+		var ce *ConnError
+		require.ErrorAs(t, err, &ce, name)
+		assert.Equal(t, "dial", ce.Op, name)
+		assert.Equal(t, addr, ce.Addr, name)
+		assert.ErrorIs(t, err, syscall.ECONNREFUSED, name)
+	}
+}
+
+func TestFaultDialTimeout(t *testing.T) {
+	const connectTimeout = 100 * time.Millisecond
+	var mu sync.Mutex
+	var deadlines []time.Duration // how far ahead the dial context's deadline was
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		dl, ok := ctx.Deadline()
+		mu.Lock()
+		if ok {
+			deadlines = append(deadlines, time.Until(dl))
+		} else {
+			deadlines = append(deadlines, -1)
+		}
+		mu.Unlock()
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	c := newTestClient(t, "127.0.0.1:1", Text, Options{ConnectTimeout: connectTimeout, Timeout: time.Minute, DialContext: dial})
+	res := guardedGet(t, c, bg, "k")
+	var ce *ConnError
+	require.ErrorAs(t, res.err, &ce)
+	assert.Equal(t, "dial", ce.Op)
+	assert.ErrorIs(t, res.err, context.DeadlineExceeded)
+	assert.True(t, ce.Timeout())
+
+	// A caller's deadline shorter than ConnectTimeout bounds the dial too.
+	c2 := newTestClient(t, "127.0.0.1:1", Text, Options{ConnectTimeout: time.Minute, Timeout: time.Minute, DialContext: dial})
+	ctx, cancel := context.WithTimeout(bg, 50*time.Millisecond)
+	defer cancel()
+	res = guardedGet(t, c2, ctx, "k")
+	require.ErrorAs(t, res.err, &ce)
+	assert.Equal(t, "dial", ce.Op)
+	assert.ErrorIs(t, res.err, context.DeadlineExceeded)
+
+	mu.Lock()
+	defer mu.Unlock()
+	require.Len(t, deadlines, 2)
+	assert.Positive(t, deadlines[0])
+	assert.LessOrEqual(t, deadlines[0], connectTimeout, "the dial is bounded by ConnectTimeout")
+	assert.Positive(t, deadlines[1])
+	assert.LessOrEqual(t, deadlines[1], 50*time.Millisecond, "the dial is bounded by the caller's deadline")
+}
+
+func TestFaultExtraBytesAfterReply(t *testing.T) {
+	cases := []struct {
+		name  string
+		reply string
+		op    func(c *Client) error
+	}{
+		{"STORED twice", "STORED\r\nSTORED\r\n", func(c *Client) error { return c.Set(bg, "k", []byte("v"), 0) }},
+		{"END then a value", "END\r\nVALUE k 0 5\r\nstale\r\nEND\r\n", func(c *Client) error { _, err := c.Get(bg, "k", nil); return err }},
+		{"a value then garbage", "VALUE k 0 5\r\nstale\r\nEND\r\nX", func(c *Client) error { _, err := c.Get(bg, "k", nil); return err }},
+		{"DELETED and a newline", "DELETED\r\n\r\n", func(c *Client) error { return c.Delete(bg, "k") }},
+		{"SERVER_ERROR twice", "SERVER_ERROR a\r\nSERVER_ERROR b\r\n", func(c *Client) error { return c.Set(bg, "k", []byte("v"), 0) }},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := startFakeServer(t, func(fc *fakeConn) {
+				if fc.N == 0 {
+					if _, ok := fc.Next(); !ok {
+						return
+					}
+					fc.Send(tc.reply) // one write: the extra bytes arrive with the reply
+				}
+				fc.Serve(fresh)
+			})
+			c := newTestClient(t, srv.Addr, Text, Options{Timeout: 2 * time.Second})
+			err := guarded(t, func() error { return tc.op(c) })
+			require.Error(t, err)
+			assert.ErrorIs(t, err, ErrProtocol)
+			afterFault(t, srv, c)
+		})
+	}
+}
+
+func TestFaultIdleConnectionClosedByServer(t *testing.T) {
+	// A pooled connection the server closed while idle fails the next
+	// request with a ConnError (no silent retry: the request may have been
+	// sent); the one after reconnects.
+	srv := startFakeServer(t, func(fc *fakeConn) {
+		if fc.N == 0 {
+			if req, ok := fc.Next(); ok {
+				fc.Send(fakeReply(req, fresh))
+			}
+			return // hang up while idle
+		}
+		fc.Serve(fresh)
+	})
+	c := newTestClient(t, srv.Addr, Text, Options{Timeout: 2 * time.Second})
+	res := guardedGet(t, c, bg, "k")
+	require.NoError(t, res.err)
+	srv.WaitEnded(0)
+
+	res = guardedGet(t, c, bg, "k")
+	require.Error(t, res.err)
+	var ce *ConnError
+	assert.ErrorAs(t, res.err, &ce)
+
+	res = guardedGet(t, c, bg, "k")
+	require.NoError(t, res.err)
+	assert.Equal(t, "fresh", res.v)
+	assert.Equal(t, 2, srv.Accepted())
+}
