@@ -124,6 +124,8 @@ func New(addr string, opts Options) (*Client, error) {
 	switch opts.Protocol {
 	case Text:
 		c.drv = newConnPool(network, address, &c.opts, codec{appendTextRequest, parseTextReply})
+	case Binary:
+		c.drv = newConnPool(network, address, &c.opts, codec{appendBinaryRequest, parseBinaryReply})
 	case Noop:
 		c.drv = noopDriver{}
 	default:
