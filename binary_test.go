@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -557,5 +558,64 @@ func TestBinarySASLUnsupported(t *testing.T) {
 	wantStatus(t, err, binStatusUnknownCommand)
 	if _, err := c.Get(bg, "k", nil); !errors.Is(err, ErrAuth) || errors.Is(err, ErrCacheMiss) {
 		t.Fatalf("get: %v, want ErrAuth and no miss", err)
+	}
+}
+
+// interruptOnRead is a connection whose first read cancels the request's
+// context and returns only once the client's interrupt has poisoned the
+// deadline: the reply is then complete, and the context fired during it.
+type interruptOnRead struct {
+	net.Conn
+	cancel   context.CancelFunc
+	once     sync.Once
+	poisoned chan struct{}
+}
+
+func (c *interruptOnRead) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.once.Do(func() {
+		c.cancel()
+		select {
+		case <-c.poisoned:
+		case <-time.After(10 * time.Second): // the test then fails on its assertions
+		}
+	})
+	return n, err
+}
+
+func (c *interruptOnRead) SetDeadline(t time.Time) error {
+	if t.Before(time.Unix(2, 0)) {
+		select {
+		case c.poisoned <- struct{}{}:
+		default:
+		}
+	}
+	return c.Conn.SetDeadline(t)
+}
+
+// A context cancelled while the SASL reply is read leaves a connection
+// whose interrupt may still be running: it must not be handed out as
+// authenticated.
+func TestBinaryAuthInterruptedConnIsDiscarded(t *testing.T) {
+	s := startMemcachedSASL(t, "alice", "pw")
+	ctx, cancel := context.WithCancel(bg)
+	defer cancel()
+	var dials atomic.Int32
+	opts := Options{Username: "alice", Password: "pw", MaxConns: 1}
+	opts.DialContext = func(dctx context.Context, network, addr string) (net.Conn, error) {
+		var d net.Dialer
+		nc, err := d.DialContext(dctx, network, addr)
+		if err != nil || dials.Add(1) > 1 {
+			return nc, err
+		}
+		return &interruptOnRead{Conn: nc, cancel: cancel, poisoned: make(chan struct{}, 1)}, nil
+	}
+	c := newTestClient(t, s.Addr, Binary, opts)
+	if err := c.Connect(ctx); !errors.Is(err, context.Canceled) {
+		t.Fatalf("connect with a context cancelled during auth: %v, want context.Canceled", err)
+	}
+	mustSet(t, c, "k", "v")
+	if n := dials.Load(); n != 2 {
+		t.Errorf("%d dials, want 2: the interrupted connection must be replaced", n)
 	}
 }
