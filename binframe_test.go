@@ -642,3 +642,61 @@ func TestBinaryFrameBuffering(t *testing.T) {
 		t.Errorf("scratch capacity %d for a %d-byte frame", c, len(reply))
 	}
 }
+
+// FuzzBinaryReply feeds arbitrary bytes to the parser as the reply to each
+// kind of request: it must never panic or use bytes it was not given, and
+// feeding the same bytes in small chunks must give the same outcome as
+// feeding them at once.
+func FuzzBinaryReply(f *testing.F) {
+	f.Add(uint8(opGet), uint8(3), binResp(binGet, 0, binOpaque, 1, be32(5), "", "hello"))
+	f.Add(uint8(opGet), uint8(1), binResp(binGet, 1, binOpaque, 0, "", "", "Not found"))
+	f.Add(uint8(opGetMulti), uint8(5), join(
+		binResp(binGetKQ, 0, 1, 1, be32(0), "b", "B"),
+		binResp(binNoop, 0, 2, 0, "", "", "")))
+	f.Add(uint8(opStats), uint8(7), join(
+		binResp(binStat, 0, binOpaque, 0, "", "pid", "1"),
+		binResp(binStat, 0, binOpaque, 0, "", "", "")))
+	f.Add(uint8(opIncr), uint8(2), binResp(binIncr, 0, binOpaque, 0, "", "", be64(7)))
+	f.Add(uint8(opAuth), uint8(9), binResp(binSASLAuth, 0x20, binOpaque, 0, "", "", "Auth failure."))
+	f.Fuzz(func(t *testing.T, op, chunk uint8, reply []byte) {
+		newReq := func() *request {
+			r := &request{op: opcode(op % uint8(opAuth+1)), key: "a", keys: []string{"a", "b"}, maxValue: 1 << 16}
+			r.onValue = func(i int, v []byte) {
+				if i < 0 || i >= len(r.keys) {
+					t.Fatalf("value for index %d", i)
+				}
+			}
+			return r
+		}
+		type outcome struct {
+			done             bool
+			failed           bool
+			used             int
+			result, dst, txt string
+		}
+		run := func(step int) outcome {
+			r := newReq()
+			var buf []byte
+			used := 0
+			for off := 0; off < len(reply); {
+				end := min(off+step, len(reply))
+				buf = append(buf, reply[off:end]...)
+				off = end
+				n, done, err := parseBinaryReply(r, buf)
+				if n < 0 || n > len(buf) {
+					t.Fatalf("used %d of %d bytes", n, len(buf))
+				}
+				used += n
+				buf = buf[n:]
+				if done || err != nil {
+					return outcome{done, err != nil, used, fmt.Sprint(r.err), string(r.dst), r.text}
+				}
+			}
+			return outcome{false, false, used, fmt.Sprint(r.err), string(r.dst), r.text}
+		}
+		whole, split := run(len(reply)+1), run(int(chunk%32)+1)
+		if whole != split {
+			t.Fatalf("outcome depends on how the bytes arrive:\nwhole %+v\nsplit %+v", whole, split)
+		}
+	})
+}
