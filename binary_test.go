@@ -204,6 +204,25 @@ func TestBinaryErrorMapping(t *testing.T) {
 	}
 }
 
+// CompareAndSwap with id 0 never stores: the text protocol compares 0 like
+// any other id, and the binary driver must not read it as "no check".
+func TestBinaryCASZeroIDMatchesText(t *testing.T) {
+	s := startMemcached(t)
+	for _, proto := range []Protocol{Text, Binary} {
+		c := newTestClient(t, s.Addr, proto, Options{})
+		key := "zero-" + proto.String()
+		if err := c.CompareAndSwap(bg, key, []byte("x"), 0, 0); !errors.Is(err, ErrCacheMiss) {
+			t.Errorf("%v: cas 0 on a missing key: %v, want ErrCacheMiss", proto, err)
+		}
+		wantMiss(t, c, key)
+		mustSet(t, c, key, "v")
+		if err := c.CompareAndSwap(bg, key, []byte("x"), 0, 0); !errors.Is(err, ErrCASConflict) {
+			t.Errorf("%v: cas 0 on a present key: %v, want ErrCASConflict", proto, err)
+		}
+		wantValue(t, c, key, "v")
+	}
+}
+
 func TestBinaryIncrDecr(t *testing.T) {
 	c, _ := newBinaryClient(t, Options{})
 	if err := c.SetInt(bg, "n", 10, 0); err != nil {

@@ -204,6 +204,23 @@ var binOpcodes = [...]uint8{
 	opAuth:     binSASLAuth,
 }
 
+// binUnmatchableCAS stands for a zero CAS id in a CAS request. The text
+// protocol compares 0 like any id, and no item has it, so the answer is
+// EXISTS or NOT_FOUND; in the binary protocol 0 means "no check", which
+// would turn CompareAndSwap into a plain set. No item reaches this id.
+const binUnmatchableCAS uint64 = math.MaxUint64
+
+// binCAS is the CAS id r sends: its own for opCAS, none for other stores.
+func binCAS(r *request) uint64 {
+	switch {
+	case r.op != opCAS:
+		return 0
+	case r.cas == 0:
+		return binUnmatchableCAS
+	}
+	return r.cas
+}
+
 // binExptime fits a memcached exptime in the 32-bit extras field.
 func binExptime(e int64) uint32 {
 	switch {
@@ -228,7 +245,7 @@ func appendBinaryRequest(dst []byte, r *request) []byte {
 		}
 		return appendBinRequestHeader(dst, binNoop, 0, 0, 0, uint32(len(r.keys)), 0)
 	case opSet, opAdd, opReplace, opCAS:
-		dst = appendBinRequestHeader(dst, op, 8, len(r.key), len(r.value), binOpaque, r.cas)
+		dst = appendBinRequestHeader(dst, op, 8, len(r.key), len(r.value), binOpaque, binCAS(r))
 		dst = binary.BigEndian.AppendUint32(dst, r.flags)
 		dst = binary.BigEndian.AppendUint32(dst, binExptime(r.exptime))
 		dst = append(dst, r.key...)
