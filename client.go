@@ -106,14 +106,14 @@ type driver interface {
 // Client is a memcache client for one server address. It is safe for
 // concurrent use by multiple goroutines.
 type Client struct {
-	opts   Options
-	addr   string
-	drv    driver
+	opts Options
+	addr string
+	drv  driver
 	// pipelined drivers can send noreply commands; the others carry one
 	// request per connection, so their *Noreply calls wait for the reply.
 	pipelined bool
-	cas    casStore
-	closed atomic.Bool
+	cas       casStore
+	closed    atomic.Bool
 }
 
 // New makes a client for addr ("host:port", a unix socket path, or
@@ -128,6 +128,8 @@ func New(addr string, opts Options) (*Client, error) {
 	switch opts.Protocol {
 	case Text:
 		c.drv = newConnPool(network, address, &c.opts, textCodec)
+	case Binary:
+		c.drv = newConnPool(network, address, &c.opts, binaryCodec)
 	case Ultra:
 		c.drv = newUltraDriver(network, address, &c.opts, defaultUltraLanes())
 		c.pipelined = true

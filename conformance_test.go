@@ -83,12 +83,6 @@ func TestConformance(t *testing.T) {
 	}
 }
 
-// mustSet stores value under key or fails the test.
-func mustSet(t *testing.T, c *Client, key, value string) {
-	t.Helper()
-	require.NoError(t, c.Set(bg, key, []byte(value), 0), "Set %q", key)
-}
-
 // requireValue asserts that key holds want.
 func requireValue(t *testing.T, c *Client, key, want string) {
 	t.Helper()

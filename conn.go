@@ -129,7 +129,13 @@ func (cn *conn) authenticate(ctx context.Context) error {
 	defer putRequest(r)
 	r.op = opAuth
 	r.user, r.pass = cn.d.opts.Username, cn.d.opts.Password
-	if err := cn.roundTrip(ctx, r); err != nil && err != errDiscardConn {
+	err := cn.roundTrip(ctx, r)
+	if err == errDiscardConn && r.err == nil {
+		// Authenticated, but the context fired during the exchange and
+		// its interrupt may still touch the connection: not usable.
+		return &ConnError{Op: "auth", Addr: cn.d.addr, Err: ctx.Err()}
+	}
+	if err != nil && err != errDiscardConn {
 		return err
 	}
 	if r.err != nil {

@@ -7,7 +7,7 @@ import (
 
 // wireDrivers are the drivers that talk to a server. The conformance suite
 // and the walkthrough run on each of them.
-var wireDrivers = []Protocol{Text}
+var wireDrivers = []Protocol{Text, Binary, Ultra}
 
 // newTestClient makes a client of proto for addr, closed when t ends.
 func newTestClient(t testing.TB, addr string, proto Protocol, opts Options) *Client {
@@ -33,3 +33,11 @@ func forEachDriver(t *testing.T, opts Options, fn func(t *testing.T, c *Client))
 }
 
 var bg = context.Background()
+
+// mustSet stores value under key or fails the test.
+func mustSet(t *testing.T, c *Client, key, value string) {
+	t.Helper()
+	if err := c.Set(bg, key, []byte(value), 0); err != nil {
+		t.Fatalf("set %s: %v", key, err)
+	}
+}

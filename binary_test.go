@@ -1,0 +1,632 @@
+package ermc
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// The binary driver against a real memcached: every status mapping, the
+// multi-get, stats, version, flush, touch, gat and SASL.
+
+// newBinaryClient starts a memcached with extra flags and returns a
+// binary-protocol client for it with one connection, and a count of the
+// connections the client has dialed, so that tests can tell whether an
+// error reply cost the connection.
+func newBinaryClient(t *testing.T, opts Options, extra ...string) (*Client, *atomic.Int32) {
+	t.Helper()
+	s := startMemcached(t, extra...)
+	dials := new(atomic.Int32)
+	opts.MaxConns = 1
+	opts.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		dials.Add(1)
+		var d net.Dialer
+		return d.DialContext(ctx, network, addr)
+	}
+	return newTestClient(t, s.Addr, Binary, opts), dials
+}
+
+// wantValue fails the test unless key holds value.
+func wantValue(t *testing.T, c *Client, key, value string) {
+	t.Helper()
+	got, err := c.Get(bg, key, nil)
+	if err != nil || string(got) != value {
+		t.Fatalf("get %s = %q, %v; want %q", key, got, err, value)
+	}
+}
+
+// wantMiss fails the test unless key is absent.
+func wantMiss(t *testing.T, c *Client, key string) {
+	t.Helper()
+	if got, err := c.Get(bg, key, nil); !errors.Is(err, ErrCacheMiss) {
+		t.Fatalf("get %s = %q, %v; want ErrCacheMiss", key, got, err)
+	}
+}
+
+// wantStatus fails the test unless err carries a *StatusError of status.
+func wantStatus(t *testing.T, err error, status uint16) *StatusError {
+	t.Helper()
+	var se *StatusError
+	if !errors.As(err, &se) || se.Status != status {
+		t.Fatalf("err %v, want a *StatusError with status %#x", err, status)
+	}
+	return se
+}
+
+func TestBinaryReadWrite(t *testing.T) {
+	c, _ := newBinaryClient(t, Options{})
+
+	mustSet(t, c, "k", "hello")
+	got, err := c.Get(bg, "k", []byte("prefix:"))
+	if err != nil || string(got) != "prefix:hello" {
+		t.Fatalf("get = %q, %v", got, err)
+	}
+	v, cas, err := c.Gets(bg, "k", nil)
+	if err != nil || string(v) != "hello" || cas == 0 {
+		t.Fatalf("gets = %q, %d, %v", v, cas, err)
+	}
+	if err := c.CompareAndSwap(bg, "k", []byte("swapped"), cas, 0); err != nil {
+		t.Fatalf("cas with the current id: %v", err)
+	}
+	wantValue(t, c, "k", "swapped")
+	_, cas2, _ := c.Gets(bg, "k", nil)
+	if cas2 == cas {
+		t.Errorf("CAS id %d unchanged by a write", cas)
+	}
+
+	if err := c.Add(bg, "new", []byte("added"), 0); err != nil {
+		t.Fatalf("add: %v", err)
+	}
+	if err := c.Replace(bg, "new", []byte("replaced"), 0); err != nil {
+		t.Fatalf("replace: %v", err)
+	}
+	if err := c.Append(bg, "new", []byte(">")); err != nil {
+		t.Fatalf("append: %v", err)
+	}
+	if err := c.Prepend(bg, "new", []byte("<")); err != nil {
+		t.Fatalf("prepend: %v", err)
+	}
+	wantValue(t, c, "new", "<replaced>")
+
+	mustSet(t, c, "empty", "")
+	wantValue(t, c, "empty", "")
+
+	if err := c.Delete(bg, "new"); err != nil {
+		t.Fatalf("delete: %v", err)
+	}
+	wantMiss(t, c, "new")
+
+	// Flags travel in the extras: typed values come back typed.
+	if err := c.SetInt(bg, "int", -42, 0); err != nil {
+		t.Fatalf("setint: %v", err)
+	}
+	if n, err := c.GetInt(bg, "int"); err != nil || n != -42 {
+		t.Fatalf("getint = %d, %v", n, err)
+	}
+	if err := c.SetObject(bg, "obj", map[string]int{"a": 1}, 0); err != nil {
+		t.Fatalf("setobject: %v", err)
+	}
+	var obj map[string]int
+	if err := c.GetObject(bg, "obj", &obj); err != nil || obj["a"] != 1 {
+		t.Fatalf("getobject = %v, %v", obj, err)
+	}
+	_, flags, _, err := c.get(bg, opGet, "int", 0, nil)
+	if err != nil || flags != FlagInteger {
+		t.Fatalf("flags of an int = %d, %v", flags, err)
+	}
+}
+
+func TestBinaryCompression(t *testing.T) {
+	c, _ := newBinaryClient(t, Options{CompressThreshold: 64})
+	value := strings.Repeat("compressible ", 1000)
+	mustSet(t, c, "z", value)
+	wantValue(t, c, "z", value)
+	_, flags, _, err := c.get(bg, opGet, "z", 0, nil)
+	if err != nil || flags&FlagCompressed == 0 {
+		t.Fatalf("flags %d, %v: value was not stored compressed", flags, err)
+	}
+	m, err := c.GetMultiMap(bg, []string{"z", "nothing"})
+	if err != nil || len(m) != 1 || string(m["z"]) != value {
+		t.Fatalf("multi-get of a compressed value: %d entries, %v", len(m), err)
+	}
+}
+
+// Every outcome the text driver reports has the same error on the binary
+// driver, and none of them costs the connection.
+func TestBinaryErrorMapping(t *testing.T) {
+	c, dials := newBinaryClient(t, Options{CacheCAS: true})
+
+	mustSet(t, c, "present", "v")
+	mustSet(t, c, "text", "not a number")
+	_, staleCAS, err := c.Gets(bg, "present", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustSet(t, c, "present", "v2") // staleCAS is now stale
+
+	for _, s := range []struct {
+		name string
+		do   func() error
+		want error
+	}{
+		{"get miss", func() error { _, err := c.Get(bg, "absent", nil); return err }, ErrCacheMiss},
+		{"gets miss", func() error { _, _, err := c.Gets(bg, "absent", nil); return err }, ErrCacheMiss},
+		{"gat miss", func() error { _, err := c.GetAndTouch(bg, "absent", time.Hour, nil); return err }, ErrCacheMiss},
+		{"add existing", func() error { return c.Add(bg, "present", []byte("x"), 0) }, ErrNotStored},
+		{"replace missing", func() error { return c.Replace(bg, "absent", []byte("x"), 0) }, ErrNotStored},
+		{"append missing", func() error { return c.Append(bg, "absent", []byte("x")) }, ErrNotStored},
+		{"prepend missing", func() error { return c.Prepend(bg, "absent", []byte("x")) }, ErrNotStored},
+		{"cas mismatch", func() error { return c.CompareAndSwap(bg, "present", []byte("x"), staleCAS, 0) }, ErrCASConflict},
+		{"cas missing", func() error { return c.CompareAndSwap(bg, "absent", []byte("x"), staleCAS, 0) }, ErrCacheMiss},
+		{"delete missing", func() error { return c.Delete(bg, "absent") }, ErrCacheMiss},
+		{"touch missing", func() error { return c.Touch(bg, "absent", time.Hour) }, ErrCacheMiss},
+		{"incr missing", func() error { _, err := c.Incr(bg, "absent", 1); return err }, ErrCacheMiss},
+		{"decr missing", func() error { _, err := c.Decr(bg, "absent", 1); return err }, ErrCacheMiss},
+		{"incr non-numeric", func() error { _, err := c.Incr(bg, "text", 1); return err }, ErrNonNumeric},
+		{"decr non-numeric", func() error { _, err := c.Decr(bg, "text", 1); return err }, ErrNonNumeric},
+	} {
+		err := s.do()
+		if !errors.Is(err, s.want) {
+			t.Errorf("%s: err %v, want %v", s.name, err, s.want)
+		}
+		if s.want == ErrNonNumeric {
+			wantStatus(t, err, binStatusNonNumeric)
+		}
+	}
+	// The misses above created nothing: incr/decr ask memcached not to
+	// seed a missing counter.
+	wantMiss(t, c, "absent")
+	wantValue(t, c, "present", "v2")
+	wantValue(t, c, "text", "not a number")
+
+	if n := dials.Load(); n != 1 {
+		t.Errorf("%d connections dialed, want 1: an error reply cost the connection", n)
+	}
+}
+
+// CompareAndSwap with id 0 never stores: the text protocol compares 0 like
+// any other id, and the binary driver must not read it as "no check".
+func TestBinaryCASZeroIDMatchesText(t *testing.T) {
+	s := startMemcached(t)
+	for _, proto := range []Protocol{Text, Binary} {
+		c := newTestClient(t, s.Addr, proto, Options{})
+		key := "zero-" + proto.String()
+		if err := c.CompareAndSwap(bg, key, []byte("x"), 0, 0); !errors.Is(err, ErrCacheMiss) {
+			t.Errorf("%v: cas 0 on a missing key: %v, want ErrCacheMiss", proto, err)
+		}
+		wantMiss(t, c, key)
+		mustSet(t, c, key, "v")
+		if err := c.CompareAndSwap(bg, key, []byte("x"), 0, 0); !errors.Is(err, ErrCASConflict) {
+			t.Errorf("%v: cas 0 on a present key: %v, want ErrCASConflict", proto, err)
+		}
+		wantValue(t, c, key, "v")
+	}
+}
+
+func TestBinaryIncrDecr(t *testing.T) {
+	c, _ := newBinaryClient(t, Options{})
+	if err := c.SetInt(bg, "n", 10, 0); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []struct {
+		incr  bool
+		delta uint64
+		want  uint64
+	}{
+		{true, 5, 15},
+		{false, 3, 12},
+		{false, 100, 0}, // decr stops at 0
+		{true, math.MaxUint64, math.MaxUint64},
+		{true, 2, 1}, // incr wraps at 2^64
+	} {
+		var got uint64
+		var err error
+		if s.incr {
+			got, err = c.Incr(bg, "n", s.delta)
+		} else {
+			got, err = c.Decr(bg, "n", s.delta)
+		}
+		if err != nil || got != s.want {
+			t.Fatalf("incr=%v %d: got %d, %v; want %d", s.incr, s.delta, got, err, s.want)
+		}
+	}
+	if n, err := c.GetInt(bg, "n"); err != nil || n != 1 {
+		t.Fatalf("stored counter = %d, %v; want 1", n, err)
+	}
+}
+
+func TestBinaryExpiry(t *testing.T) {
+	c, _ := newBinaryClient(t, Options{})
+
+	// A negative TTL stores an item that is already expired.
+	if err := c.Set(bg, "gone", []byte("v"), -time.Second); err != nil {
+		t.Fatal(err)
+	}
+	wantMiss(t, c, "gone")
+
+	mustSet(t, c, "t", "v")
+	if err := c.Touch(bg, "t", time.Hour); err != nil {
+		t.Fatalf("touch: %v", err)
+	}
+	wantValue(t, c, "t", "v")
+	if err := c.Touch(bg, "t", -time.Second); err != nil {
+		t.Fatalf("touch to expire: %v", err)
+	}
+	wantMiss(t, c, "t")
+
+	// A TTL over 30 days is sent as an absolute time and keeps the item.
+	if err := c.Set(bg, "long", []byte("v"), 40*24*time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	wantValue(t, c, "long", "v")
+
+	mustSet(t, c, "g", "gat value")
+	v, err := c.GetAndTouch(bg, "g", time.Hour, []byte("dst:"))
+	if err != nil || string(v) != "dst:gat value" {
+		t.Fatalf("gat = %q, %v", v, err)
+	}
+	// gat returns the item and then applies the new, expired, TTL.
+	if v, err := c.GetAndTouch(bg, "g", -time.Second, nil); err != nil || string(v) != "gat value" {
+		t.Fatalf("gat to expire = %q, %v", v, err)
+	}
+	wantMiss(t, c, "g")
+}
+
+func TestBinaryCacheCAS(t *testing.T) {
+	c, _ := newBinaryClient(t, Options{CacheCAS: true})
+	mustSet(t, c, "k", "v0")
+	if _, _, err := c.Gets(bg, "k", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.CAS(bg, "k", []byte("v1"), 0); err != nil {
+		t.Fatalf("first CAS: %v", err)
+	}
+	if err := c.CAS(bg, "k", []byte("v2"), 0); !errors.Is(err, ErrCASConflict) {
+		t.Fatalf("second CAS with the same id: %v, want ErrCASConflict", err)
+	}
+	wantValue(t, c, "k", "v1")
+}
+
+func TestBinaryMultiGet(t *testing.T) {
+	c, _ := newBinaryClient(t, Options{})
+
+	// 100 keys, the even ones stored, plus duplicates and a repeated miss.
+	keys := make([]string, 0, 104)
+	for i := 0; i < 100; i++ {
+		keys = append(keys, fmt.Sprintf("key-%03d", i))
+		if i%2 == 0 {
+			mustSet(t, c, keys[i], fmt.Sprintf("value of %d", i))
+		}
+	}
+	keys = append(keys, "key-000", "key-001", "key-098", "key-000")
+	got := map[int]string{}
+	err := c.GetMulti(bg, keys, func(i int, v []byte) {
+		if _, dup := got[i]; dup {
+			t.Errorf("index %d delivered twice", i)
+		}
+		got[i] = string(v)
+	})
+	if err != nil {
+		t.Fatalf("getmulti: %v", err)
+	}
+	for i, k := range keys {
+		n, _ := strconv.Atoi(strings.TrimPrefix(k, "key-"))
+		v, hit := got[i]
+		switch {
+		case n%2 == 0 && (!hit || v != fmt.Sprintf("value of %d", n)):
+			t.Errorf("keys[%d] = %s: got %q (hit %v)", i, k, v, hit)
+		case n%2 == 1 && hit:
+			t.Errorf("keys[%d] = %s is a miss, got %q", i, k, v)
+		}
+	}
+	if want := 50 + 3; len(got) != want {
+		t.Errorf("%d hits, want %d", len(got), want)
+	}
+
+	// All misses: only the NOOP answers.
+	err = c.GetMulti(bg, []string{"none-1", "none-2"}, func(i int, v []byte) {
+		t.Errorf("miss delivered: %d %q", i, v)
+	})
+	if err != nil {
+		t.Fatalf("getmulti of misses: %v", err)
+	}
+
+	// Values larger than the read buffer, so that frames span reads.
+	big := make([]string, 20)
+	for i := range big {
+		big[i] = fmt.Sprintf("big-%d", i)
+		mustSet(t, c, big[i], strings.Repeat(string(rune('a'+i)), 20_000+i))
+	}
+	m, err := c.GetMultiMap(bg, big)
+	if err != nil || len(m) != len(big) {
+		t.Fatalf("getmulti of big values: %d hits, %v", len(m), err)
+	}
+	for i, k := range big {
+		if want := strings.Repeat(string(rune('a'+i)), 20_000+i); string(m[k]) != want {
+			t.Errorf("%s: %d bytes, want %d", k, len(m[k]), len(want))
+		}
+	}
+}
+
+// A value much larger than the read buffer is gathered across reads.
+func TestBinaryLargeValue(t *testing.T) {
+	c, _ := newBinaryClient(t, Options{})
+	value := bytes.Repeat([]byte("0123456789"), 90_000) // 900 KB, under memcached's 1 MB items
+	if err := c.Set(bg, "big", value, 0); err != nil {
+		t.Fatalf("set: %v", err)
+	}
+	got, err := c.Get(bg, "big", nil)
+	if err != nil || !bytes.Equal(got, value) {
+		t.Fatalf("get: %d bytes, %v; want %d", len(got), err, len(value))
+	}
+
+	// The client refuses a value over MaxValueLength before storing it
+	// anywhere, and the connection stays in step.
+	small, _ := newBinaryClient(t, Options{MaxValueLength: 1000})
+	mustSet(t, small, "k", strings.Repeat("x", 1000))
+	wantValue(t, small, "k", strings.Repeat("x", 1000))
+}
+
+// memcached refuses an item over its -I limit with status 0x03 and swallows
+// the value: the connection is kept.
+func TestBinaryServerValueTooLarge(t *testing.T) {
+	c, dials := newBinaryClient(t, Options{MaxValueLength: 4 << 20})
+	err := c.Set(bg, "huge", make([]byte, 1_500_000), 0)
+	if !errors.Is(err, ErrValueTooLarge) {
+		t.Fatalf("err %v, want ErrValueTooLarge", err)
+	}
+	if se := wantStatus(t, err, binStatusTooLarge); !strings.Contains(se.Message, "Too large") {
+		t.Errorf("message %q does not carry the server's", se.Message)
+	}
+	wantMiss(t, c, "huge")
+	if n := dials.Load(); n != 1 {
+		t.Errorf("%d connections dialed, want 1: the too-large reply cost the connection", n)
+	}
+}
+
+// With -M memcached answers a full cache with status 0x82 instead of
+// evicting: a StatusError, not a miss or not-stored, and the connection
+// is kept.
+func TestBinaryOutOfMemory(t *testing.T) {
+	c, dials := newBinaryClient(t, Options{}, "-M", "-m", "2")
+	value := make([]byte, 500_000)
+	var err error
+	for i := 0; i < 50 && err == nil; i++ {
+		err = c.Set(bg, fmt.Sprintf("fill-%d", i), value, 0)
+	}
+	se := wantStatus(t, err, binStatusOutOfMemory)
+	if !strings.Contains(strings.ToLower(se.Message), "out of memory") {
+		t.Errorf("message %q", se.Message)
+	}
+	if errors.Is(err, ErrNotStored) || errors.Is(err, ErrCacheMiss) {
+		t.Errorf("out of memory reads as %v", err)
+	}
+	if n := dials.Load(); n != 1 {
+		t.Errorf("%d connections dialed, want 1: the out-of-memory reply cost the connection", n)
+	}
+}
+
+// memcached answers a key over 250 bytes with status 0x04 and closes the
+// connection: the client reports the status and opens a new connection.
+func TestBinaryInvalidArgumentsDropsConnection(t *testing.T) {
+	c, dials := newBinaryClient(t, Options{MaxKeyLength: 300})
+	mustSet(t, c, "before", "ok")
+	_, err := c.Get(bg, strings.Repeat("k", 260), nil)
+	wantStatus(t, err, binStatusInvalidArgs)
+	mustSet(t, c, "after", "ok")
+	wantValue(t, c, "after", "ok")
+	if n := dials.Load(); n != 2 {
+		t.Errorf("%d connections dialed, want 2: the closed one and its replacement", n)
+	}
+}
+
+func TestBinaryStatsVersionFlush(t *testing.T) {
+	s := startMemcached(t)
+	c := newTestClient(t, s.Addr, Binary, Options{})
+	v, err := c.Version(bg)
+	if err != nil || v == "" {
+		t.Fatalf("version = %q, %v", v, err)
+	}
+	st, err := c.Stats(bg)
+	if err != nil {
+		t.Fatalf("stats: %v", err)
+	}
+	if st["version"] != v {
+		t.Errorf("stats version %q, version %q", st["version"], v)
+	}
+	if want := strconv.Itoa(s.proc.Pid); st["pid"] != want {
+		t.Errorf("stats pid %q, want the server's %s", st["pid"], want)
+	}
+	if len(st) < 20 {
+		t.Errorf("only %d stats: %v", len(st), st)
+	}
+
+	for _, k := range []string{"a", "b", "c"} {
+		mustSet(t, c, k, "v")
+	}
+	if err := c.FlushAll(bg); err != nil {
+		t.Fatalf("flush_all: %v", err)
+	}
+	for _, k := range []string{"a", "b", "c"} {
+		wantMiss(t, c, k)
+	}
+}
+
+// startMemcachedSASL runs memcached with SASL PLAIN (-S) for one user and
+// stops it when t ends.
+//
+// On Debian's memcached 1.6.18 (Cyrus SASL 2.1) nothing beyond the obvious
+// is needed: the sasldb is written with saslpasswd2 under application name
+// "memcached", memcached.conf in SASL_CONF_PATH names the mechanism and the
+// sasldb, and -S turns authentication on. The user is stored in the realm
+// saslpasswd2 takes from the host name, which is the realm memcached uses
+// when it looks the user up, so plain "user" works on the same host.
+func startMemcachedSASL(t *testing.T, user, pass string) *testServer {
+	t.Helper()
+	bin := requireBinary(t, "memcached")
+	saslpasswd := requireBinary(t, "saslpasswd2")
+	dir := t.TempDir()
+	db := filepath.Join(dir, "sasldb2")
+	cmd := exec.Command(saslpasswd, "-a", "memcached", "-c", "-p", "-f", db, user)
+	cmd.Stdin = strings.NewReader(pass)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("saslpasswd2: %v: %s", err, out)
+	}
+	conf := fmt.Sprintf("mech_list: plain\nsasldb_path: %s\n", db)
+	if err := os.WriteFile(filepath.Join(dir, "memcached.conf"), []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := []string{"SASL_CONF_PATH=" + dir}
+	var lastErr error
+	for attempt := 0; attempt < 5; attempt++ {
+		port := strconv.Itoa(freePort(t))
+		args := []string{"-S", "-l", "127.0.0.1", "-p", port, "-U", "0", "-t", "2"}
+		if os.Geteuid() == 0 {
+			args = append(args, "-u", "root")
+		}
+		s, err := startProcess(t, bin, args, "tcp", net.JoinHostPort("127.0.0.1", port), env)
+		if err == nil {
+			return s
+		}
+		lastErr = err
+	}
+	t.Fatalf("memcached -S did not start: %v", lastErr)
+	return nil
+}
+
+func TestBinarySASL(t *testing.T) {
+	s := startMemcachedSASL(t, "alice", "s3cret pass")
+
+	t.Run("right password", func(t *testing.T) {
+		c := newTestClient(t, s.Addr, Binary, Options{Username: "alice", Password: "s3cret pass"})
+		if err := c.Connect(bg); err != nil {
+			t.Fatalf("connect: %v", err)
+		}
+		mustSet(t, c, "k", "authenticated")
+		wantValue(t, c, "k", "authenticated")
+		m, err := c.GetMultiMap(bg, []string{"k", "other"})
+		if err != nil || string(m["k"]) != "authenticated" || len(m) != 1 {
+			t.Fatalf("getmulti = %q, %v", m, err)
+		}
+	})
+
+	t.Run("wrong password", func(t *testing.T) {
+		// ErrorAsMiss must not hide a refusal: it is no connectivity fault.
+		c := newTestClient(t, s.Addr, Binary, Options{Username: "alice", Password: "wrong", ErrorAsMiss: true})
+		if err := c.Connect(bg); !errors.Is(err, ErrAuth) {
+			t.Fatalf("connect: %v, want ErrAuth", err)
+		}
+		_, err := c.Get(bg, "k", nil)
+		if !errors.Is(err, ErrAuth) || errors.Is(err, ErrCacheMiss) {
+			t.Fatalf("get: %v, want ErrAuth and no miss", err)
+		}
+		wantStatus(t, err, binStatusAuthError)
+	})
+
+	t.Run("unknown user", func(t *testing.T) {
+		c := newTestClient(t, s.Addr, Binary, Options{Username: "mallory", Password: "s3cret pass"})
+		if err := c.Connect(bg); !errors.Is(err, ErrAuth) {
+			t.Fatalf("connect: %v, want ErrAuth", err)
+		}
+	})
+
+	t.Run("no credentials", func(t *testing.T) {
+		// The server refuses every command of an unauthenticated
+		// connection with 0x20, then closes it.
+		c := newTestClient(t, s.Addr, Binary, Options{})
+		_, err := c.Get(bg, "k", nil)
+		wantStatus(t, err, binStatusAuthError)
+		if errors.Is(err, ErrCacheMiss) {
+			t.Fatalf("refusal reads as a miss: %v", err)
+		}
+		err = c.GetMulti(bg, []string{"k", "j"}, func(int, []byte) { t.Error("value without auth") })
+		wantStatus(t, err, binStatusAuthError)
+	})
+}
+
+// Username against a server without SASL: memcached answers SASL_AUTH
+// with Unknown command. That is an authentication failure that says why,
+// never a miss.
+func TestBinarySASLUnsupported(t *testing.T) {
+	s := startMemcached(t)
+	c := newTestClient(t, s.Addr, Binary, Options{Username: "alice", Password: "pw", ErrorAsMiss: true})
+	err := c.Connect(bg)
+	if !errors.Is(err, ErrAuth) || !strings.Contains(err.Error(), "does not support SASL") {
+		t.Fatalf("connect: %v, want ErrAuth saying the server does not support SASL", err)
+	}
+	wantStatus(t, err, binStatusUnknownCommand)
+	if _, err := c.Get(bg, "k", nil); !errors.Is(err, ErrAuth) || errors.Is(err, ErrCacheMiss) {
+		t.Fatalf("get: %v, want ErrAuth and no miss", err)
+	}
+}
+
+// interruptOnRead is a connection whose first read cancels the request's
+// context and returns only once the client's interrupt has poisoned the
+// deadline: the reply is then complete, and the context fired during it.
+type interruptOnRead struct {
+	net.Conn
+	cancel   context.CancelFunc
+	once     sync.Once
+	poisoned chan struct{}
+}
+
+func (c *interruptOnRead) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.once.Do(func() {
+		c.cancel()
+		select {
+		case <-c.poisoned:
+		case <-time.After(10 * time.Second): // the test then fails on its assertions
+		}
+	})
+	return n, err
+}
+
+func (c *interruptOnRead) SetDeadline(t time.Time) error {
+	if t.Before(time.Unix(2, 0)) {
+		select {
+		case c.poisoned <- struct{}{}:
+		default:
+		}
+	}
+	return c.Conn.SetDeadline(t)
+}
+
+// A context cancelled while the SASL reply is read leaves a connection
+// whose interrupt may still be running: it must not be handed out as
+// authenticated.
+func TestBinaryAuthInterruptedConnIsDiscarded(t *testing.T) {
+	s := startMemcachedSASL(t, "alice", "pw")
+	ctx, cancel := context.WithCancel(bg)
+	defer cancel()
+	var dials atomic.Int32
+	opts := Options{Username: "alice", Password: "pw", MaxConns: 1}
+	opts.DialContext = func(dctx context.Context, network, addr string) (net.Conn, error) {
+		var d net.Dialer
+		nc, err := d.DialContext(dctx, network, addr)
+		if err != nil || dials.Add(1) > 1 {
+			return nc, err
+		}
+		return &interruptOnRead{Conn: nc, cancel: cancel, poisoned: make(chan struct{}, 1)}, nil
+	}
+	c := newTestClient(t, s.Addr, Binary, opts)
+	if err := c.Connect(ctx); !errors.Is(err, context.Canceled) {
+		t.Fatalf("connect with a context cancelled during auth: %v, want context.Canceled", err)
+	}
+	mustSet(t, c, "k", "v")
+	if n := dials.Load(); n != 2 {
+		t.Errorf("%d dials, want 2: the interrupted connection must be replaced", n)
+	}
+}

@@ -1,0 +1,706 @@
+package ermc
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+	"strings"
+	"testing"
+)
+
+// Byte-level tests of the binary codec: no server, no sockets.
+
+// binFrame is one decoded frame, for assertions.
+type binFrame struct {
+	h                  binHeader
+	extras, key, value string
+}
+
+// splitBinFrames decodes a stream of frames, failing the test on a frame
+// whose lengths do not add up.
+func splitBinFrames(t *testing.T, b []byte) []binFrame {
+	t.Helper()
+	var out []binFrame
+	for len(b) > 0 {
+		if len(b) < binHeaderLen {
+			t.Fatalf("%d bytes left, less than a header", len(b))
+		}
+		h := decodeBinHeader(b)
+		size := binHeaderLen + int(h.bodyLen)
+		if len(b) < size || int(h.extLen)+int(h.keyLen) > int(h.bodyLen) {
+			t.Fatalf("frame lengths do not add up: %+v with %d bytes", h, len(b))
+		}
+		body := b[binHeaderLen:size]
+		out = append(out, binFrame{
+			h:      h,
+			extras: string(body[:h.extLen]),
+			key:    string(body[h.extLen : int(h.extLen)+int(h.keyLen)]),
+			value:  string(body[int(h.extLen)+int(h.keyLen):]),
+		})
+		b = b[size:]
+	}
+	return out
+}
+
+// binResp builds one response frame.
+func binResp(opcode uint8, status uint16, opaque uint32, cas uint64, extras, key, value string) []byte {
+	b := appendBinHeader(nil, binHeader{
+		magic:   binMagicResponse,
+		opcode:  opcode,
+		keyLen:  uint16(len(key)),
+		extLen:  uint8(len(extras)),
+		status:  status,
+		bodyLen: uint32(len(extras) + len(key) + len(value)),
+		opaque:  opaque,
+		cas:     cas,
+	})
+	return append(append(append(b, extras...), key...), value...)
+}
+
+// be32 and be64 are big-endian extras fields as strings.
+func be32(v uint32) string { return string(binary.BigEndian.AppendUint32(nil, v)) }
+func be64(v uint64) string { return string(binary.BigEndian.AppendUint64(nil, v)) }
+
+// join concatenates frames into one reply stream.
+func join(frames ...[]byte) []byte { return bytes.Join(frames, nil) }
+
+// feedBinReply runs parseBinaryReply over reply delivered chunk bytes at a
+// time, the way conn.readReply feeds it: bytes the parser did not use stay
+// in front of the next chunk. It fails the test if the parser wants more
+// after the whole reply, or finishes with bytes left over.
+func feedBinReply(t *testing.T, r *request, reply []byte, chunk int) error {
+	t.Helper()
+	var buf []byte
+	off := 0
+	for {
+		end := min(off+chunk, len(reply))
+		buf = append(buf, reply[off:end]...)
+		off = end
+		n, done, err := parseBinaryReply(r, buf)
+		if n < 0 || n > len(buf) {
+			t.Fatalf("parser used %d of %d bytes", n, len(buf))
+		}
+		buf = buf[n:]
+		if err != nil {
+			return err
+		}
+		if done {
+			if len(buf) != 0 || off != len(reply) {
+				t.Fatalf("reply complete with %d bytes unused, %d unread", len(buf), len(reply)-off)
+			}
+			return nil
+		}
+		if off == len(reply) {
+			t.Fatalf("parser wants more bytes after the whole %d-byte reply (%d unused)", len(reply), len(buf))
+		}
+	}
+}
+
+// chunkSizes covers one byte at a time, splits inside and at the edges of
+// the header, and the whole reply at once.
+var chunkSizes = []int{1, 2, 7, 23, 24, 25, 31, 1 << 20}
+
+func TestBinaryHeaderRoundTrip(t *testing.T) {
+	h := binHeader{
+		magic: 0x81, opcode: 0x1d, keyLen: 0x0102, extLen: 0x04, dataType: 0x00,
+		status: 0x0304, bodyLen: 0x05060708, opaque: 0x090a0b0c, cas: 0x0d0e0f1011121314,
+	}
+	b := appendBinHeader([]byte("prefix"), h)
+	want := []byte("prefix\x81\x1d\x01\x02\x04\x00\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\x0d\x0e\x0f\x10\x11\x12\x13\x14")
+	if !bytes.Equal(b, want) {
+		t.Fatalf("encoded % x\nwant    % x", b, want)
+	}
+	if got := decodeBinHeader(b[len("prefix"):]); got != h {
+		t.Fatalf("decoded %+v, want %+v", got, h)
+	}
+}
+
+// The examples of the spec, byte for byte.
+func TestBinarySpecExamples(t *testing.T) {
+	// 4.2.1: get request for "Hello".
+	get := appendBinRequestHeader(nil, binGet, 0, 5, 0, 0, 0)
+	get = append(get, "Hello"...)
+	wantGet := "\x80\x00\x00\x05\x00\x00\x00\x00\x00\x00\x00\x05" + strings.Repeat("\x00", 12) + "Hello"
+	if string(get) != wantGet {
+		t.Errorf("get request % x\nwant        % x", get, wantGet)
+	}
+	// 4.3.1: add "Hello" = "World", flags 0xdeadbeef, expiry two hours.
+	add := appendBinaryRequest(nil, &request{op: opAdd, key: "Hello", value: []byte("World"), flags: 0xdeadbeef, exptime: 7200})
+	wantAdd := "\x80\x02\x00\x05\x08\x00\x00\x00\x00\x00\x00\x12" + be32(binOpaque) + strings.Repeat("\x00", 8) +
+		"\xde\xad\xbe\xef\x00\x00\x1c\x20HelloWorld"
+	if string(add) != wantAdd {
+		t.Errorf("add request % x\nwant        % x", add, wantAdd)
+	}
+	// 4.2.1: getk response, flags 0xdeadbeef, CAS 1.
+	resp := []byte("\x81\x00\x00\x05\x04\x00\x00\x00\x00\x00\x00\x0e\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x01\xde\xad\xbe\xefHelloWorld")
+	h := decodeBinHeader(resp)
+	want := binHeader{magic: 0x81, opcode: binGet, keyLen: 5, extLen: 4, bodyLen: 14, cas: 1}
+	if h != want {
+		t.Errorf("decoded %+v, want %+v", h, want)
+	}
+	if err := checkBinResponse(h, resp, 5); err != nil {
+		t.Errorf("valid response refused: %v", err)
+	}
+}
+
+func TestBinaryExptime(t *testing.T) {
+	for _, c := range []struct {
+		in   int64
+		want uint32
+	}{
+		{0, 0},
+		{1, 1},
+		{2592000, 2592000},
+		{-1, 2592001}, // absolute and long past: expired at once
+		{-1 << 40, 2592001},
+		{math.MaxUint32, math.MaxUint32},
+		{math.MaxUint32 + 1, math.MaxUint32},
+	} {
+		if got := binExptime(c.in); got != c.want {
+			t.Errorf("binExptime(%d) = %d, want %d", c.in, got, c.want)
+		}
+	}
+}
+
+func TestBinaryRequestEncoding(t *testing.T) {
+	type want struct {
+		opcode             uint8
+		opaque             uint32
+		cas                uint64
+		extras, key, value string
+	}
+	exp := be32(300)
+	for _, c := range []struct {
+		name string
+		r    request
+		want []want
+	}{
+		{"get", request{op: opGet, key: "k1"}, []want{{binGet, binOpaque, 0, "", "k1", ""}}},
+		{"gets", request{op: opGets, key: "k1"}, []want{{binGet, binOpaque, 0, "", "k1", ""}}},
+		{"gat", request{op: opGat, key: "k1", exptime: 300}, []want{{binGAT, binOpaque, 0, exp, "k1", ""}}},
+		{"set", request{op: opSet, key: "k1", value: []byte("v1"), flags: 8, exptime: 300},
+			[]want{{binSet, binOpaque, 0, be32(8) + exp, "k1", "v1"}}},
+		{"set expired", request{op: opSet, key: "k1", value: []byte("v1"), exptime: -1},
+			[]want{{binSet, binOpaque, 0, be32(0) + be32(2592001), "k1", "v1"}}},
+		{"add", request{op: opAdd, key: "k1", value: []byte("v1"), flags: 2},
+			[]want{{binAdd, binOpaque, 0, be32(2) + be32(0), "k1", "v1"}}},
+		{"replace", request{op: opReplace, key: "k1", value: []byte("v1")},
+			[]want{{binReplace, binOpaque, 0, be32(0) + be32(0), "k1", "v1"}}},
+		{"cas", request{op: opCAS, key: "k1", value: []byte("v1"), cas: 0x1122334455667788, exptime: 300},
+			[]want{{binSet, binOpaque, 0x1122334455667788, be32(0) + exp, "k1", "v1"}}},
+		{"cas with id 0", request{op: opCAS, key: "k1", value: []byte("v1")},
+			[]want{{binSet, binOpaque, math.MaxUint64, be32(0) + be32(0), "k1", "v1"}}},
+		{"set ignores cas", request{op: opSet, key: "k1", value: []byte("v1"), cas: 5},
+			[]want{{binSet, binOpaque, 0, be32(0) + be32(0), "k1", "v1"}}},
+		{"append", request{op: opAppend, key: "k1", value: []byte("v1")}, []want{{binAppend, binOpaque, 0, "", "k1", "v1"}}},
+		{"prepend", request{op: opPrepend, key: "k1", value: []byte("v1")}, []want{{binPrepend, binOpaque, 0, "", "k1", "v1"}}},
+		{"empty value", request{op: opSet, key: "k1"}, []want{{binSet, binOpaque, 0, be32(0) + be32(0), "k1", ""}}},
+		{"incr", request{op: opIncr, key: "n", delta: 7},
+			[]want{{binIncr, binOpaque, 0, be64(7) + be64(0) + be32(0xffffffff), "n", ""}}},
+		{"decr", request{op: opDecr, key: "n", delta: math.MaxUint64},
+			[]want{{binDecr, binOpaque, 0, be64(math.MaxUint64) + be64(0) + be32(0xffffffff), "n", ""}}},
+		{"delete", request{op: opDelete, key: "k1"}, []want{{binDelete, binOpaque, 0, "", "k1", ""}}},
+		{"touch", request{op: opTouch, key: "k1", exptime: 300}, []want{{binTouch, binOpaque, 0, exp, "k1", ""}}},
+		{"flush", request{op: opFlushAll}, []want{{binFlush, binOpaque, 0, "", "", ""}}},
+		{"stats", request{op: opStats}, []want{{binStat, binOpaque, 0, "", "", ""}}},
+		{"version", request{op: opVersion}, []want{{binVersion, binOpaque, 0, "", "", ""}}},
+		{"auth", request{op: opAuth, user: "alice", pass: "s3cret"},
+			[]want{{binSASLAuth, binOpaque, 0, "", "PLAIN", "\x00alice\x00s3cret"}}},
+		{"multi-get", request{op: opGetMulti, keys: []string{"a", "bb", "a"}}, []want{
+			{binGetKQ, 0, 0, "", "a", ""},
+			{binGetKQ, 1, 0, "", "bb", ""},
+			{binGetKQ, 2, 0, "", "a", ""},
+			{binNoop, 3, 0, "", "", ""},
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			b := appendBinaryRequest([]byte("keep"), &c.r)
+			if string(b[:4]) != "keep" {
+				t.Fatalf("dst prefix overwritten: %q", b[:4])
+			}
+			frames := splitBinFrames(t, b[4:])
+			if len(frames) != len(c.want) {
+				t.Fatalf("%d frames, want %d", len(frames), len(c.want))
+			}
+			for i, f := range frames {
+				w := c.want[i]
+				if f.h.magic != binMagicRequest || f.h.dataType != 0 || f.h.status != 0 {
+					t.Errorf("frame %d: magic %#x, data type %d, reserved %d", i, f.h.magic, f.h.dataType, f.h.status)
+				}
+				got := want{f.h.opcode, f.h.opaque, f.h.cas, f.extras, f.key, f.value}
+				if got != w {
+					t.Errorf("frame %d:\n got %+q\nwant %+q", i, got, w)
+				}
+			}
+		})
+	}
+}
+
+// newBinReq makes a request as Client.do would hand it to the codec.
+func newBinReq(op opcode) *request {
+	return &request{op: op, key: "k1", maxValue: DefaultMaxValueLength}
+}
+
+func TestBinaryReplySuccess(t *testing.T) {
+	compressed, ok := appendCompressed(nil, bytes.Repeat([]byte("abcd"), 100))
+	if !ok {
+		t.Fatal("test value did not compress")
+	}
+	type multiHit struct {
+		i int
+		v string
+	}
+	for _, c := range []struct {
+		name  string
+		setup func(r *request) // optional
+		op    opcode
+		reply []byte
+		check func(t *testing.T, r *request)
+	}{
+		{name: "get hit", op: opGet,
+			setup: func(r *request) { r.dst = []byte("prefix:") },
+			reply: binResp(binGet, 0, binOpaque, 9, be32(5), "", "hello"),
+			check: func(t *testing.T, r *request) {
+				if string(r.dst) != "prefix:hello" || !r.found || r.resFlags != 5 || r.resCAS != 9 {
+					t.Errorf("dst %q found %v flags %d cas %d", r.dst, r.found, r.resFlags, r.resCAS)
+				}
+			}},
+		{name: "get hit with key", op: opGet,
+			reply: binResp(binGet, 0, binOpaque, 1, be32(0), "k1", "v"),
+			check: func(t *testing.T, r *request) {
+				if string(r.dst) != "v" {
+					t.Errorf("dst %q", r.dst)
+				}
+			}},
+		{name: "get empty value", op: opGet,
+			reply: binResp(binGet, 0, binOpaque, 1, be32(3), "", ""),
+			check: func(t *testing.T, r *request) {
+				if len(r.dst) != 0 || !r.found || r.resFlags != 3 {
+					t.Errorf("dst %q found %v flags %d", r.dst, r.found, r.resFlags)
+				}
+			}},
+		{name: "gets", op: opGets,
+			reply: binResp(binGet, 0, binOpaque, 0xfedcba9876543210, be32(0), "", "v"),
+			check: func(t *testing.T, r *request) {
+				if r.resCAS != 0xfedcba9876543210 {
+					t.Errorf("cas %#x", r.resCAS)
+				}
+			}},
+		{name: "gat", op: opGat,
+			reply: binResp(binGAT, 0, binOpaque, 4, be32(1), "", "obj"),
+			check: func(t *testing.T, r *request) {
+				if string(r.dst) != "obj" || r.resFlags != 1 || r.resCAS != 4 {
+					t.Errorf("dst %q flags %d cas %d", r.dst, r.resFlags, r.resCAS)
+				}
+			}},
+		{name: "get compressed", op: opGet,
+			reply: binResp(binGet, 0, binOpaque, 1, be32(FlagCompressed), "", string(compressed)),
+			check: func(t *testing.T, r *request) {
+				if string(r.dst) != strings.Repeat("abcd", 100) {
+					t.Errorf("dst %q", r.dst)
+				}
+			}},
+		{name: "incr", op: opIncr,
+			reply: binResp(binIncr, 0, binOpaque, 3, "", "", be64(math.MaxUint64)),
+			check: func(t *testing.T, r *request) {
+				if r.number != math.MaxUint64 {
+					t.Errorf("number %d", r.number)
+				}
+			}},
+		{name: "decr", op: opDecr,
+			reply: binResp(binDecr, 0, binOpaque, 3, "", "", be64(0)),
+			check: func(t *testing.T, r *request) {
+				if r.number != 0 {
+					t.Errorf("number %d", r.number)
+				}
+			}},
+		{name: "set", op: opSet, reply: binResp(binSet, 0, binOpaque, 12, "", "", "")},
+		{name: "cas", op: opCAS, reply: binResp(binSet, 0, binOpaque, 13, "", "", "")},
+		{name: "add", op: opAdd, reply: binResp(binAdd, 0, binOpaque, 12, "", "", "")},
+		{name: "replace", op: opReplace, reply: binResp(binReplace, 0, binOpaque, 12, "", "", "")},
+		{name: "append", op: opAppend, reply: binResp(binAppend, 0, binOpaque, 12, "", "", "")},
+		{name: "prepend", op: opPrepend, reply: binResp(binPrepend, 0, binOpaque, 12, "", "", "")},
+		{name: "delete", op: opDelete, reply: binResp(binDelete, 0, binOpaque, 0, "", "", "")},
+		// memcached 1.6 answers TOUCH with the item's flags as extras,
+		// which the spec does not describe.
+		{name: "touch", op: opTouch, reply: binResp(binTouch, 0, binOpaque, 5, be32(7), "", "")},
+		{name: "flush", op: opFlushAll, reply: binResp(binFlush, 0, binOpaque, 0, "", "", "")},
+		{name: "auth", op: opAuth, reply: binResp(binSASLAuth, 0, binOpaque, 0, "", "", "Authenticated")},
+		{name: "version", op: opVersion,
+			reply: binResp(binVersion, 0, binOpaque, 0, "", "", "1.6.18"),
+			check: func(t *testing.T, r *request) {
+				if r.text != "1.6.18" {
+					t.Errorf("text %q", r.text)
+				}
+			}},
+		{name: "stats", op: opStats,
+			reply: join(
+				binResp(binStat, 0, binOpaque, 0, "", "pid", "3078"),
+				binResp(binStat, 0, binOpaque, 0, "", "version", "1.6.18"),
+				binResp(binStat, 0, binOpaque, 0, "", "empty", ""),
+				binResp(binStat, 0, binOpaque, 0, "", "", ""),
+			),
+			check: func(t *testing.T, r *request) {
+				want := map[string]string{"pid": "3078", "version": "1.6.18", "empty": ""}
+				if fmt.Sprint(r.stats) != fmt.Sprint(want) {
+					t.Errorf("stats %v, want %v", r.stats, want)
+				}
+			}},
+	} {
+		for _, chunk := range chunkSizes {
+			t.Run(fmt.Sprintf("%s/chunk%d", c.name, chunk), func(t *testing.T) {
+				r := newBinReq(c.op)
+				if c.setup != nil {
+					c.setup(r)
+				}
+				if err := feedBinReply(t, r, c.reply, chunk); err != nil {
+					t.Fatalf("parse: %v", err)
+				}
+				if r.err != nil {
+					t.Fatalf("outcome %v, want success", r.err)
+				}
+				if c.check != nil {
+					c.check(t, r)
+				}
+			})
+		}
+	}
+
+	// Multi-get: hits arrive in any order, misses are absent, duplicate
+	// keys are answered per index, and the NOOP ends the reply.
+	keys := []string{"a", "miss", "a", "c"}
+	reply := join(
+		binResp(binGetKQ, 0, 0, 1, be32(0), "a", "A"),
+		binResp(binGetKQ, 0, 3, 2, be32(FlagCompressed), "c", string(compressed)),
+		binResp(binGetKQ, 0, 2, 1, be32(0), "a", "A"),
+		binResp(binNoop, 0, 4, 0, "", "", ""),
+	)
+	for _, chunk := range chunkSizes {
+		t.Run(fmt.Sprintf("multi-get/chunk%d", chunk), func(t *testing.T) {
+			r := newBinReq(opGetMulti)
+			var got []multiHit
+			r.keys = keys
+			r.onValue = func(i int, v []byte) { got = append(got, multiHit{i, string(v)}) }
+			if err := feedBinReply(t, r, reply, chunk); err != nil || r.err != nil {
+				t.Fatalf("parse: %v, outcome %v", err, r.err)
+			}
+			want := []multiHit{{0, "A"}, {3, strings.Repeat("abcd", 100)}, {2, "A"}}
+			if fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Errorf("hits %v, want %v", got, want)
+			}
+		})
+	}
+}
+
+func TestBinaryReplyErrors(t *testing.T) {
+	long := strings.Repeat("m", 1000)
+	for _, c := range []struct {
+		name    string
+		op      opcode
+		status  uint16
+		msg     string
+		is      error  // sentinel errors.Is must match
+		status2 uint16 // when non-zero, a *StatusError with this status must be reachable
+		discard bool   // the connection must be dropped
+	}{
+		{name: "get miss", op: opGet, status: 0x01, msg: "Not found", is: ErrCacheMiss},
+		{name: "gets miss", op: opGets, status: 0x01, msg: "Not found", is: ErrCacheMiss},
+		{name: "gat miss", op: opGat, status: 0x01, msg: "Not found", is: ErrCacheMiss},
+		{name: "add existing", op: opAdd, status: 0x02, msg: "Data exists for key.", is: ErrNotStored},
+		{name: "replace missing", op: opReplace, status: 0x01, msg: "Not found", is: ErrNotStored},
+		{name: "append missing", op: opAppend, status: 0x05, msg: "Not stored.", is: ErrNotStored},
+		{name: "prepend missing", op: opPrepend, status: 0x05, msg: "Not stored.", is: ErrNotStored},
+		{name: "cas mismatch", op: opCAS, status: 0x02, msg: "Data exists for key.", is: ErrCASConflict},
+		{name: "cas missing", op: opCAS, status: 0x01, msg: "Not found", is: ErrCacheMiss},
+		{name: "delete missing", op: opDelete, status: 0x01, msg: "Not found", is: ErrCacheMiss},
+		{name: "touch missing", op: opTouch, status: 0x01, msg: "Not found", is: ErrCacheMiss},
+		{name: "incr missing", op: opIncr, status: 0x01, msg: "Not found", is: ErrCacheMiss},
+		{name: "decr missing", op: opDecr, status: 0x01, msg: "Not found", is: ErrCacheMiss},
+		{name: "incr non-numeric", op: opIncr, status: 0x06, msg: "Non-numeric server-side value for incr or decr",
+			is: ErrNonNumeric, status2: 0x06},
+		{name: "set too large", op: opSet, status: 0x03, msg: "Too large.", is: ErrValueTooLarge, status2: 0x03},
+		{name: "invalid arguments", op: opGet, status: 0x04, msg: "Invalid arguments", status2: 0x04, discard: true},
+		{name: "not my vbucket", op: opSet, status: 0x07, msg: "x", status2: 0x07},
+		{name: "0x08", op: opSet, status: 0x08, msg: "x", status2: 0x08},
+		{name: "0x09", op: opSet, status: 0x09, msg: "x", status2: 0x09},
+		{name: "auth error on get", op: opGet, status: 0x20, msg: "Auth failure.", status2: 0x20, discard: true},
+		{name: "auth continue on get", op: opGet, status: 0x21, msg: "x", status2: 0x21},
+		{name: "unknown command", op: opTouch, status: 0x81, msg: "Unknown command", status2: 0x81},
+		{name: "out of memory", op: opSet, status: 0x82, msg: "Out of memory allocating item", status2: 0x82},
+		{name: "not supported", op: opSet, status: 0x83, msg: "x", status2: 0x83},
+		{name: "internal", op: opSet, status: 0x84, msg: "x", status2: 0x84},
+		{name: "busy", op: opSet, status: 0x85, msg: "x", status2: 0x85},
+		{name: "temporary failure", op: opSet, status: 0x86, msg: "x", status2: 0x86},
+		{name: "unknown status", op: opDelete, status: 0x1234, msg: long, status2: 0x1234},
+		{name: "miss on version", op: opVersion, status: 0x01, msg: "Not found", status2: 0x01},
+		{name: "miss on flush", op: opFlushAll, status: 0x01, msg: "Not found", status2: 0x01},
+		{name: "auth refused", op: opAuth, status: 0x20, msg: "Auth failure.", is: ErrAuth, status2: 0x20},
+		{name: "auth unsupported", op: opAuth, status: 0x81, msg: "Unknown command", is: ErrAuth, status2: 0x81},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r := newBinReq(c.op)
+			r.dst = []byte("untouched")
+			reply := binResp(binOpcodes[c.op], c.status, binOpaque, 0, "", "", c.msg)
+			n, done, err := parseBinaryReply(r, reply)
+			if n != len(reply) || !done {
+				t.Fatalf("used %d of %d bytes, done %v, err %v", n, len(reply), done, err)
+			}
+			switch {
+			case c.discard && err != errDiscardConn:
+				t.Fatalf("err %v, want errDiscardConn", err)
+			case !c.discard && err != nil:
+				t.Fatalf("err %v: a well-formed error frame must keep the connection", err)
+			}
+			if r.err == nil {
+				t.Fatal("no outcome recorded")
+			}
+			if c.is != nil && !errors.Is(r.err, c.is) {
+				t.Errorf("outcome %v, want errors.Is %v", r.err, c.is)
+			}
+			var se *StatusError
+			if c.status2 != 0 {
+				if !errors.As(r.err, &se) || se.Status != c.status2 {
+					t.Fatalf("outcome %#v, want a *StatusError with status %#x", r.err, c.status2)
+				}
+				if len(se.Message) > maxMessageInError {
+					t.Errorf("message of %d bytes, bound %d", len(se.Message), maxMessageInError)
+				}
+				if !strings.Contains(se.Message, c.msg[:min(len(c.msg), 20)]) {
+					t.Errorf("message %q does not carry the server's %q", se.Message, c.msg)
+				}
+			} else if errors.As(r.err, &se) {
+				t.Errorf("outcome %v is a StatusError, want the plain sentinel %v", r.err, c.is)
+			}
+			if string(r.dst) != "untouched" || r.found {
+				t.Errorf("error body treated as a value: dst %q found %v", r.dst, r.found)
+			}
+		})
+	}
+	t.Run("auth unsupported message", func(t *testing.T) {
+		r := newBinReq(opAuth)
+		_, _, _ = parseBinaryReply(r, binResp(binSASLAuth, 0x81, binOpaque, 0, "", "", "Unknown command"))
+		if r.err == nil || !strings.Contains(r.err.Error(), "does not support SASL") {
+			t.Errorf("outcome %v, want a message saying the server does not support SASL", r.err)
+		}
+	})
+}
+
+func TestBinaryMultiGetErrors(t *testing.T) {
+	keys := []string{"a", "b"}
+	multi := func() *request {
+		r := newBinReq(opGetMulti)
+		r.keys = keys
+		r.onValue = func(int, []byte) {}
+		return r
+	}
+	t.Run("error frame then noop", func(t *testing.T) {
+		r := multi()
+		reply := join(
+			binResp(binGetKQ, 0x82, 1, 0, "", "", "Out of memory"),
+			binResp(binGetKQ, 0x01, 0, 0, "", "", "Not found"), // a miss, even if not quiet, is no error
+			binResp(binNoop, 0, 2, 0, "", "", ""),
+		)
+		if err := feedBinReply(t, r, reply, 5); err != nil {
+			t.Fatalf("parse: %v", err)
+		}
+		var se *StatusError
+		if !errors.As(r.err, &se) || se.Status != 0x82 {
+			t.Errorf("outcome %v, want status 0x82", r.err)
+		}
+	})
+	t.Run("auth error ends the reply", func(t *testing.T) {
+		// memcached -S closes the connection after refusing the first
+		// GETKQ: no NOOP follows.
+		r := multi()
+		reply := binResp(binGetKQ, 0x20, 0, 0, "", "", "Auth failure.")
+		n, done, err := parseBinaryReply(r, reply)
+		if n != len(reply) || !done || err != errDiscardConn {
+			t.Fatalf("used %d/%d, done %v, err %v; want whole, done, errDiscardConn", n, len(reply), done, err)
+		}
+		var se *StatusError
+		if !errors.As(r.err, &se) || se.Status != 0x20 {
+			t.Errorf("outcome %v, want status 0x20", r.err)
+		}
+	})
+	t.Run("error on noop", func(t *testing.T) {
+		r := multi()
+		if err := feedBinReply(t, r, binResp(binNoop, 0x84, 2, 0, "", "", "boom"), 100); err != nil {
+			t.Fatalf("parse: %v", err)
+		}
+		var se *StatusError
+		if !errors.As(r.err, &se) || se.Status != 0x84 {
+			t.Errorf("outcome %v, want status 0x84", r.err)
+		}
+	})
+}
+
+func TestBinaryReplyMalformed(t *testing.T) {
+	ok := binResp(binGet, 0, binOpaque, 1, be32(0), "", "v")
+	patch := func(b []byte, off int, v ...byte) []byte {
+		b = append([]byte(nil), b...)
+		copy(b[off:], v)
+		return b
+	}
+	multiKeys := []string{"a", "b"}
+	for _, c := range []struct {
+		name     string
+		op       opcode
+		reply    []byte
+		atHeader bool // refused from the header alone, before any body byte is used
+	}{
+		{"request magic", opGet, patch(ok, 0, 0x80), true},
+		{"zero magic", opGet, patch(ok, 0, 0x00), true},
+		{"text reply", opGet, []byte("SERVER_ERROR out of memory storing object\r\n"), true},
+		{"data type", opGet, patch(ok, 5, 0x01), true},
+		{"other opcode", opGet, patch(ok, 1, binSet), true},
+		{"getk for get", opGet, patch(ok, 1, binGetK), true},
+		{"other opaque", opGet, patch(ok, 12, 0, 0, 0, 0), true},
+		{"extras past body", opGet, patch(ok, 4, 6), true},
+		{"key past body", opGet, patch(ok, 2, 0, 2), true},
+		{"extras and key past body", opGet, patch(ok, 2, 0, 4, 4), true},
+		{"value over limit", opGet, patch(binResp(binGet, 0, binOpaque, 1, be32(0), "", ""), 8, 0x7f, 0xff, 0xff, 0xff), true},
+		{"message over limit", opDelete, binResp(binDelete, 1, binOpaque, 0, "", "", strings.Repeat("x", DefaultMaxValueLength+1)), true},
+		{"get without flags", opGet, binResp(binGet, 0, binOpaque, 1, "", "", "v"), false},
+		{"get with 8 bytes of extras", opGet, binResp(binGet, 0, binOpaque, 1, be64(0), "", "v"), false},
+		{"get for another key", opGet, binResp(binGet, 0, binOpaque, 1, be32(0), "k2", "v"), false},
+		{"incr not 64 bits", opIncr, binResp(binIncr, 0, binOpaque, 1, "", "", be32(1)), false},
+		{"multi: opaque past keys", opGetMulti, binResp(binGetKQ, 0, 3, 1, be32(0), "a", "v"), true},
+		{"multi: getkq with noop's opaque", opGetMulti, binResp(binGetKQ, 0, 2, 1, be32(0), "a", "v"), true},
+		{"multi: noop with getkq's opaque", opGetMulti, binResp(binNoop, 0, 1, 0, "", "", ""), true},
+		{"multi: get opcode", opGetMulti, binResp(binGet, 0, 0, 1, be32(0), "a", "v"), true},
+		{"multi: key of another index", opGetMulti, binResp(binGetKQ, 0, 0, 1, be32(0), "b", "v"), false},
+		{"multi: no key", opGetMulti, binResp(binGetKQ, 0, 0, 1, be32(0), "", "v"), false},
+		{"stats: other opcode", opStats, binResp(binVersion, 0, binOpaque, 0, "", "", "1.6"), true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r := newBinReq(c.op)
+			r.keys = multiKeys
+			r.onValue = func(int, []byte) { t.Error("value delivered from a malformed frame") }
+			n, _, err := parseBinaryReply(r, c.reply)
+			if !errors.Is(err, ErrProtocol) {
+				t.Fatalf("err %v, want ErrProtocol", err)
+			}
+			if c.atHeader && (n != 0 || cap(r.parse.scratch) != 0) {
+				t.Errorf("used %d bytes and buffered %d before refusing the header", n, cap(r.parse.scratch))
+			}
+			if r.found || len(r.dst) != 0 {
+				t.Error("value delivered from a malformed frame")
+			}
+		})
+	}
+}
+
+// A header that announces a huge body is refused on its own, before the
+// parser waits for or buffers any of the body.
+func TestBinaryHugeBodyRefusedBeforeBuffering(t *testing.T) {
+	hdr := appendBinHeader(nil, binHeader{magic: binMagicResponse, opcode: binGet, extLen: 4,
+		bodyLen: math.MaxUint32, opaque: binOpaque})
+	r := newBinReq(opGet)
+	n, done, err := parseBinaryReply(r, hdr)
+	if !errors.Is(err, ErrProtocol) || n != 0 || done {
+		t.Fatalf("n %d done %v err %v, want the header refused", n, done, err)
+	}
+	if cap(r.parse.scratch) != 0 {
+		t.Errorf("scratch grew to %d bytes", cap(r.parse.scratch))
+	}
+	// A value exactly at MaxValueLength is fine.
+	r = newBinReq(opGet)
+	r.maxValue = 10
+	if err := feedBinReply(t, r, binResp(binGet, 0, binOpaque, 1, be32(0), "", "0123456789"), 4); err != nil || string(r.dst) != "0123456789" {
+		t.Errorf("value at the limit: err %v, dst %q", err, r.dst)
+	}
+	r = newBinReq(opGet)
+	r.maxValue = 9
+	if err := feedBinReply(t, r, binResp(binGet, 0, binOpaque, 1, be32(0), "", "0123456789"), 4); !errors.Is(err, ErrProtocol) {
+		t.Errorf("value over the limit: err %v, want ErrProtocol", err)
+	}
+	// Replies without a user value get a floor, so that the auth reply
+	// (whose request carries no MaxValueLength) still fits.
+	r = &request{op: opAuth}
+	if err := feedBinReply(t, r, binResp(binSASLAuth, 0, binOpaque, 0, "", "", "Authenticated"), 4); err != nil || r.err != nil {
+		t.Errorf("auth reply with no MaxValueLength: err %v, outcome %v", err, r.err)
+	}
+}
+
+// A frame whole in the buffer is used in place; one that spans reads is
+// gathered in the request's scratch buffer, never beyond its own size.
+func TestBinaryFrameBuffering(t *testing.T) {
+	value := bytes.Repeat([]byte("0123456789abcdef"), 8<<10) // 128 KiB
+	reply := binResp(binGet, 0, binOpaque, 1, be32(0), "", string(value))
+
+	r := newBinReq(opGet)
+	if err := feedBinReply(t, r, reply, len(reply)); err != nil || !bytes.Equal(r.dst, value) {
+		t.Fatalf("whole frame: err %v, value intact %v", err, bytes.Equal(r.dst, value))
+	}
+	if cap(r.parse.scratch) != 0 {
+		t.Errorf("a whole frame was copied to scratch (%d bytes)", cap(r.parse.scratch))
+	}
+
+	r = newBinReq(opGet)
+	if err := feedBinReply(t, r, reply, 16<<10); err != nil || !bytes.Equal(r.dst, value) {
+		t.Fatalf("split frame: err %v, value intact %v", err, bytes.Equal(r.dst, value))
+	}
+	if c := cap(r.parse.scratch); c < len(reply) || c > 2*len(reply) {
+		t.Errorf("scratch capacity %d for a %d-byte frame", c, len(reply))
+	}
+}
+
+// FuzzBinaryReply feeds arbitrary bytes to the parser as the reply to each
+// kind of request: it must never panic or use bytes it was not given, and
+// feeding the same bytes in small chunks must give the same outcome as
+// feeding them at once.
+func FuzzBinaryReply(f *testing.F) {
+	f.Add(uint8(opGet), uint8(3), binResp(binGet, 0, binOpaque, 1, be32(5), "", "hello"))
+	f.Add(uint8(opGet), uint8(1), binResp(binGet, 1, binOpaque, 0, "", "", "Not found"))
+	f.Add(uint8(opGetMulti), uint8(5), join(
+		binResp(binGetKQ, 0, 1, 1, be32(0), "b", "B"),
+		binResp(binNoop, 0, 2, 0, "", "", "")))
+	f.Add(uint8(opStats), uint8(7), join(
+		binResp(binStat, 0, binOpaque, 0, "", "pid", "1"),
+		binResp(binStat, 0, binOpaque, 0, "", "", "")))
+	f.Add(uint8(opIncr), uint8(2), binResp(binIncr, 0, binOpaque, 0, "", "", be64(7)))
+	f.Add(uint8(opAuth), uint8(9), binResp(binSASLAuth, 0x20, binOpaque, 0, "", "", "Auth failure."))
+	f.Fuzz(func(t *testing.T, op, chunk uint8, reply []byte) {
+		newReq := func() *request {
+			r := &request{op: opcode(op % uint8(opAuth+1)), key: "a", keys: []string{"a", "b"}, maxValue: 1 << 16}
+			r.onValue = func(i int, v []byte) {
+				if i < 0 || i >= len(r.keys) {
+					t.Fatalf("value for index %d", i)
+				}
+			}
+			return r
+		}
+		type outcome struct {
+			done             bool
+			failed           bool
+			used             int
+			result, dst, txt string
+		}
+		run := func(step int) outcome {
+			r := newReq()
+			var buf []byte
+			used := 0
+			for off := 0; off < len(reply); {
+				end := min(off+step, len(reply))
+				buf = append(buf, reply[off:end]...)
+				off = end
+				n, done, err := parseBinaryReply(r, buf)
+				if n < 0 || n > len(buf) {
+					t.Fatalf("used %d of %d bytes", n, len(buf))
+				}
+				used += n
+				buf = buf[n:]
+				if done || err != nil {
+					return outcome{done, err != nil, used, fmt.Sprint(r.err), string(r.dst), r.text}
+				}
+			}
+			return outcome{false, false, used, fmt.Sprint(r.err), string(r.dst), r.text}
+		}
+		whole, split := run(len(reply)+1), run(int(chunk%32)+1)
+		if whole != split {
+			t.Fatalf("outcome depends on how the bytes arrive:\nwhole %+v\nsplit %+v", whole, split)
+		}
+	})
+}
