@@ -157,7 +157,7 @@ func checkBinResponse(h binHeader, hdr []byte, maxValue int) error {
 	case h.valueLen() < 0:
 		return protocolError("extras and key longer than the body", hdr)
 	case h.valueLen() > int64(maxValue):
-		return protocolError("response body longer than the limit", hdr)
+		return incomingTooLarge(h.valueLen(), maxValue)
 	}
 	return nil
 }

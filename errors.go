@@ -103,6 +103,13 @@ func protocolError(what string, got []byte) error {
 	return fmt.Errorf("%w: %s: %s", ErrProtocol, what, quoteBounded(got))
 }
 
+// incomingTooLarge refuses a reply that announces a value over
+// MaxValueLength. It matches ErrValueTooLarge (what the caller asked about)
+// and ErrProtocol (the unread block leaves the connection unusable).
+func incomingTooLarge(size int64, limit int) error {
+	return fmt.Errorf("%w: %w: reply announces %d bytes, MaxValueLength is %d", ErrValueTooLarge, ErrProtocol, size, limit)
+}
+
 // quoteBounded quotes at most maxMessageInError bytes of b for an error
 // message; control characters and non-ASCII bytes are escaped.
 func quoteBounded(b []byte) string {

@@ -2,7 +2,6 @@ package ermc
 
 import (
 	"bytes"
-	"fmt"
 	"strconv"
 )
 
@@ -181,7 +180,7 @@ func startValue(r *request, line, rest []byte) (int, error) {
 	if size > r.maxValue {
 		// Refused before allocating. The block is left unread, so the
 		// connection is discarded.
-		return 0, fmt.Errorf("%w: VALUE of %d bytes for %s, limit %d", ErrValueTooLarge, size, quoteBounded(key), r.maxValue)
+		return 0, incomingTooLarge(int64(size), r.maxValue)
 	}
 	r.parse.index, r.parse.vflags, r.parse.vcas, r.parse.vlen = index, flags, cas, size
 	if len(rest) >= size+2 {

@@ -87,6 +87,7 @@ func (u *ultraDriver) close() error {
 		ln.mu.Lock()
 		pending := ln.takePending(nil)
 		if ln.nc != nil {
+			ln.closeCause = ErrClosed
 			ln.nc.Close() // the reader fails what is in flight
 		}
 		ln.mu.Unlock()
@@ -142,6 +143,7 @@ type lane struct {
 	flight        ring // written, awaiting replies, in write order
 	inflightBytes int
 	readDeadline  time.Time
+	closeCause    error // why nc was closed by a writer or Close, for the reader to report
 
 	space chan struct{} // the reader signals freed in-flight bytes
 	// Owned by the writer role.
@@ -183,7 +185,7 @@ func (ln *lane) writeLoop(ctx context.Context) {
 		if ln.publish(nc, wire) {
 			_ = nc.SetWriteDeadline(deadlineAfter(ln.u.d.opts.Timeout))
 			if _, err := nc.Write(ln.wbuf); err != nil {
-				nc.Close() // the reader fails everything in flight
+				ln.closeWith(nc, &ConnError{Op: "write", Addr: ln.u.d.addr, Err: err})
 			}
 		}
 		clear(batch)
@@ -192,6 +194,18 @@ func (ln *lane) writeLoop(ctx context.Context) {
 			ln.wbuf = nil
 		}
 	}
+}
+
+// closeWith closes nc after a fault seen outside the reader; the reader
+// then fails everything in flight with that fault rather than with the
+// "use of closed connection" the close makes it see.
+func (ln *lane) closeWith(nc net.Conn, fault error) {
+	ln.mu.Lock()
+	if ln.nc == nc && ln.closeCause == nil {
+		ln.closeCause = fault
+	}
+	ln.mu.Unlock()
+	nc.Close()
 }
 
 // takeBatch moves the head of the queue, up to about maxBatchBytes of
@@ -502,6 +516,9 @@ func (ln *lane) fail(nc net.Conn, err error) {
 		return
 	}
 	ln.nc = nil
+	if ln.closeCause != nil {
+		err, ln.closeCause = ln.closeCause, nil
+	}
 	failed := takeAll(nil, &ln.flight)
 	ln.inflightBytes = 0
 	restart := !ln.writing && len(ln.pending) > 0
