@@ -10,7 +10,7 @@ import (
 )
 
 // DESIGN.md: zero allocations on the hot path. Each steady-state operation
-// of the Text driver against a real memcached must allocate nothing with
+// of every wire driver against a real memcached must allocate nothing with
 // context.Background(). (The race detector allocates, hence the build tag.)
 
 // allocCase is one measured operation, on items allocCases stored first.
@@ -77,7 +77,14 @@ func allocCases(t *testing.T, c *Client) []allocCase {
 
 func TestAllocs(t *testing.T) {
 	s := startMemcached(t)
-	c := newTestClient(t, s.Addr, Text, Options{})
+	for _, proto := range wireDrivers {
+		t.Run(proto.String(), func(t *testing.T) {
+			testAllocs(t, newTestClient(t, s.Addr, proto, Options{}))
+		})
+	}
+}
+
+func testAllocs(t *testing.T, c *Client) {
 	for _, ac := range allocCases(t, c) {
 		t.Run(ac.name, func(t *testing.T) {
 			var err error
@@ -101,7 +108,14 @@ func TestAllocs(t *testing.T) {
 // deadline or a cancel func costs per operation.
 func TestAllocsWithContext(t *testing.T) {
 	s := startMemcached(t)
-	c := newTestClient(t, s.Addr, Text, Options{})
+	for _, proto := range wireDrivers {
+		t.Run(proto.String(), func(t *testing.T) {
+			testAllocsWithContext(t, newTestClient(t, s.Addr, proto, Options{}))
+		})
+	}
+}
+
+func testAllocsWithContext(t *testing.T, c *Client) {
 	timeout, cancelTimeout := context.WithTimeout(bg, time.Hour)
 	defer cancelTimeout()
 	cancellable, cancel := context.WithCancel(bg)

@@ -7,61 +7,7 @@ package ermc
 
 import (
 	"testing"
-	"time"
 )
-
-// The binary driver's steady state allocates nothing: one pooled request,
-// one pooled connection, values appended to the caller's buffer.
-func TestBinaryAllocs(t *testing.T) {
-	s := startMemcached(t)
-	c := newTestClient(t, s.Addr, Binary, Options{MaxConns: 1})
-	mustSet(t, c, "k", "a value of a few bytes")
-	mustSet(t, c, "k2", "another value")
-	if err := c.SetInt(bg, "n", 0, 0); err != nil {
-		t.Fatal(err)
-	}
-	value := []byte("a value of a few bytes")
-	dst := make([]byte, 0, 256)
-	keys := []string{"k", "missing", "k2"}
-	hits := 0
-	onValue := func(i int, v []byte) { hits++ }
-
-	var failed error
-	check := func(err error) {
-		if err != nil && failed == nil {
-			failed = err
-		}
-	}
-	for _, tc := range []struct {
-		name string
-		op   func()
-	}{
-		{"Get", func() { _, err := c.Get(bg, "k", dst[:0]); check(err) }},
-		{"Gets", func() { _, _, err := c.Gets(bg, "k", dst[:0]); check(err) }},
-		{"Set", func() { check(c.Set(bg, "k", value, 0)) }},
-		{"Set+Delete", func() { check(c.Set(bg, "d", value, 0)); check(c.Delete(bg, "d")) }},
-		{"Delete miss", func() {
-			if err := c.Delete(bg, "missing"); err != ErrCacheMiss {
-				check(err)
-			}
-		}},
-		{"Incr", func() { _, err := c.Incr(bg, "n", 1); check(err) }},
-		{"Touch", func() { check(c.Touch(bg, "k", time.Hour)) }},
-		{"GetMulti", func() { check(c.GetMulti(bg, keys, onValue)) }},
-	} {
-		allocs := testing.AllocsPerRun(200, tc.op)
-		if failed != nil {
-			t.Fatalf("%s: %v", tc.name, failed)
-		}
-		t.Logf("%s: %v allocs/op", tc.name, allocs)
-		if allocs != 0 {
-			t.Errorf("%s: %v allocs/op, want 0", tc.name, allocs)
-		}
-	}
-	if hits != 2*201 {
-		t.Errorf("GetMulti delivered %d values in 201 calls, want 2 each", hits)
-	}
-}
 
 // The codec alone: encoding into a buffer with room and parsing a hit
 // into a destination with room allocate nothing.
