@@ -118,6 +118,9 @@ func (u *ultraDriver) do(ctx context.Context, r *request) error {
 	ln.writing = true
 	ln.mu.Unlock()
 	if becomeWriter {
+		// Let goroutines that are already runnable (typically callers the
+		// reader just woke) queue first, so one write carries them all.
+		runtime.Gosched()
 		ln.writeLoop(ctx)
 	}
 	if err := ln.wait(ctx, r); err != nil {

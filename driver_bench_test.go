@@ -1,0 +1,51 @@
+package ermc
+
+import (
+	"strings"
+	"testing"
+)
+
+// Benchmarks of each wire driver alone against a memcached started for
+// them; the comparison with gomemcache lives in bench/.
+
+func benchClient(b *testing.B, proto Protocol) *Client {
+	s := startMemcached(b)
+	return newTestClient(b, s.Addr, proto, Options{})
+}
+
+var benchValue = []byte(strings.Repeat("v", 100))
+
+func benchDrivers(b *testing.B, goroutines int, op func(c *Client, buf []byte) error) {
+	for _, proto := range wireDrivers {
+		b.Run(proto.String(), func(b *testing.B) {
+			c := benchClient(b, proto)
+			if err := c.Set(bg, "bench", benchValue, 0); err != nil {
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			b.SetParallelism(max(1, goroutines/2))
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				buf := make([]byte, 0, 256)
+				for pb.Next() {
+					if err := op(c, buf); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		})
+	}
+}
+
+func BenchmarkDriverGet64(b *testing.B) {
+	benchDrivers(b, 64, func(c *Client, buf []byte) error { _, err := c.Get(bg, "bench", buf); return err })
+}
+
+func BenchmarkDriverSet64(b *testing.B) {
+	benchDrivers(b, 64, func(c *Client, _ []byte) error { return c.Set(bg, "bench", benchValue, 0) })
+}
+
+func BenchmarkDriverGet1(b *testing.B) {
+	benchDrivers(b, 1, func(c *Client, buf []byte) error { _, err := c.Get(bg, "bench", buf); return err })
+}
