@@ -317,10 +317,8 @@ func parseBinaryReply(r *request, buf []byte) (n int, done bool, err error) {
 // been validated.
 func nextBinFrame(r *request, buf []byte) (frame []byte, used int, err error) {
 	if r.parse.phase == binPhaseBody {
-		take := min(len(buf), r.parse.pending)
-		r.parse.scratch = append(r.parse.scratch, buf[:take]...)
-		r.parse.pending -= take
-		if r.parse.pending > 0 {
+		take, complete := r.parse.gather(buf)
+		if !complete {
 			return nil, take, nil
 		}
 		r.parse.phase = binPhaseHeader

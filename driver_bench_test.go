@@ -49,3 +49,32 @@ func BenchmarkDriverSet64(b *testing.B) {
 func BenchmarkDriverGet1(b *testing.B) {
 	benchDrivers(b, 1, func(c *Client, buf []byte) error { _, err := c.Get(bg, "bench", buf); return err })
 }
+
+func BenchmarkDriverGetMulti100(b *testing.B) {
+	keys := make([]string, 100)
+	for i := range keys {
+		keys[i] = "multi-" + strings.Repeat("k", 3) + string(rune('a'+i%26)) + string(rune('a'+i/26))
+	}
+	for _, proto := range wireDrivers {
+		b.Run(proto.String(), func(b *testing.B) {
+			c := benchClient(b, proto)
+			for _, k := range keys {
+				if err := c.Set(bg, k, benchValue, 0); err != nil {
+					b.Fatal(err)
+				}
+			}
+			hits := 0
+			count := func(int, []byte) { hits++ }
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if err := c.GetMulti(bg, keys, count); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if hits != b.N*len(keys) {
+				b.Fatalf("%d hits in %d calls", hits, b.N)
+			}
+		})
+	}
+}

@@ -91,6 +91,16 @@ type parseState struct {
 	scratch []byte // value bytes gathered across reads
 }
 
+// gather appends up to pending bytes of buf to the scratch buffer: the
+// part of a reply element (a value block, a binary frame) that spans
+// reads. complete reports whether the element is now whole.
+func (p *parseState) gather(buf []byte) (used int, complete bool) {
+	used = min(len(buf), p.pending)
+	p.scratch = append(p.scratch, buf[:used]...)
+	p.pending -= used
+	return used, p.pending == 0
+}
+
 // reset clears a request for reuse, keeping the scratch capacity.
 func (r *request) reset() {
 	scratch, decoded, collected, wake := r.parse.scratch[:0], r.decoded[:0], r.collected[:0], r.wake

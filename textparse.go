@@ -201,10 +201,8 @@ func startValue(r *request, line, rest []byte) (int, error) {
 // continueData gathers a data block that spans reads into the scratch
 // buffer and delivers it once complete.
 func continueData(r *request, buf []byte) (int, bool, error) {
-	take := min(len(buf), r.parse.pending)
-	r.parse.scratch = append(r.parse.scratch, buf[:take]...)
-	r.parse.pending -= take
-	if r.parse.pending > 0 {
+	take, complete := r.parse.gather(buf)
+	if !complete {
 		return take, false, nil
 	}
 	r.parse.phase = phaseLine
