@@ -14,6 +14,10 @@ import (
 	"time"
 )
 
+// stressTimeout is long: a stall detected in the stress test must be a lost
+// reply or reader, not a loaded machine.
+var stressTimeout = 60 * time.Second
+
 // valueFor makes a value that names its key, so a reader can tell whose
 // value it got.
 func valueFor(key string, size int) []byte {
@@ -29,7 +33,7 @@ func valueFor(key string, size int) []byte {
 // reads must belong to the key it asked for.
 func TestUltraStressOwnership(t *testing.T) {
 	s := startMemcached(t)
-	c := newTestClient(t, s.Addr, Ultra, Options{})
+	c := newTestClient(t, s.Addr, Ultra, Options{Timeout: stressTimeout})
 	const keys = 50
 	for i := 0; i < keys; i++ {
 		k := fmt.Sprintf("own-%d", i)

@@ -2,7 +2,6 @@ package ermc
 
 import (
 	"context"
-	"encoding/binary"
 	"net"
 	"runtime"
 	"sync"
@@ -13,9 +12,9 @@ import (
 // The Ultra driver: the text protocol through a pipelined framer, after
 // pyermc's ultramemcache driver. Requests from every goroutine are queued
 // on a few shared connections ("lanes"). Whoever finds a lane's writer idle
-// becomes its writer and sends everything queued in one write; a reader
-// goroutine per connection parses replies and completes requests strictly
-// in the order they were written.
+// becomes its writer and sends everything queued in one write; the reader
+// role (umread.go) parses replies and completes requests strictly in the
+// order they were written.
 //
 // A request that gives up (context done) while still queued or in flight
 // is taken out of the lane and, if its reply is still due, replaced by a
@@ -88,7 +87,10 @@ func (u *ultraDriver) close() error {
 		pending := ln.takePending(nil)
 		if ln.nc != nil {
 			ln.closeCause = ErrClosed
-			ln.nc.Close() // the reader fails what is in flight
+			ln.nc.Close() // the reader role fails what is in flight
+		}
+		if ln.readerStarted && !ln.reading {
+			ln.wakeReader() // to exit
 		}
 		ln.mu.Unlock()
 		for _, r := range pending {
@@ -121,9 +123,18 @@ func (u *ultraDriver) do(ctx context.Context, r *request) error {
 		// Let goroutines that are already runnable (typically callers the
 		// reader just woke) queue first, so one write carries them all.
 		runtime.Gosched()
-		ln.writeLoop(ctx)
+		ln.writeLoop(ctx, r)
 	}
-	if err := ln.wait(ctx, r); err != nil {
+	ln.mu.Lock()
+	direct := ln.direct == r
+	ln.mu.Unlock()
+	var err error
+	if direct {
+		err = ln.readDirect(ctx, r)
+	} else {
+		err = ln.wait(ctx, r)
+	}
+	if err != nil {
 		return err
 	}
 	if r.fault != nil {
@@ -145,10 +156,20 @@ type lane struct {
 	writing       bool // a goroutine holds the writer role
 	flight        ring // written, awaiting replies, in write order
 	inflightBytes int
-	readDeadline  time.Time
-	closeCause    error // why nc was closed by a writer or Close, for the reader to report
+	closeCause    error    // why nc was closed by a writer or Close, for the reader to report
+	reading       bool     // the reader role is held (umread.go)
+	direct        *request // the lone request whose own caller holds the role
 
-	space chan struct{} // the reader signals freed in-flight bytes
+	readerStarted bool
+	readerUp      chan struct{} // hands the role to the lane's reader goroutine
+	interruptRead func()        // method value made once: a direct reader's cancellation
+	space         chan struct{} // the reader signals freed in-flight bytes
+
+	// Owned by whoever holds the reader role.
+	rbuf          []byte
+	rpos, rend    int
+	readDeadline  time.Time
+	deadlineStale bool // an interrupt may have moved the deadline
 	// Owned by the writer role.
 	wbuf  []byte
 	taken []*request // the batch being written
@@ -157,7 +178,7 @@ type lane struct {
 
 // writeLoop is run by the goroutine holding the writer role: it sends what
 // is queued until the queue is empty, then gives the role up.
-func (ln *lane) writeLoop(ctx context.Context) {
+func (ln *lane) writeLoop(ctx context.Context, own *request) {
 	for {
 		ln.mu.Lock()
 		if len(ln.pending) == 0 {
@@ -175,6 +196,9 @@ func (ln *lane) writeLoop(ctx context.Context) {
 			continue
 		}
 		if ln.inflightBytes > maxInflightBytes {
+			if ln.direct != nil && ln.direct == own {
+				ln.wakeReader() // a writer waiting here cannot read its own reply
+			}
 			ln.mu.Unlock()
 			<-ln.space // the reader frees space or fails the connection
 			continue
@@ -185,7 +209,7 @@ func (ln *lane) writeLoop(ctx context.Context) {
 
 		var wire []*request
 		ln.wbuf, wire = ln.encodeBatch(ln.wbuf[:0], batch)
-		if ln.publish(nc, wire) {
+		if ln.publish(nc, wire, own) {
 			_ = nc.SetWriteDeadline(deadlineAfter(ln.u.d.opts.Timeout))
 			if _, err := nc.Write(ln.wbuf); err != nil {
 				ln.closeWith(nc, &ConnError{Op: "write", Addr: ln.u.d.addr, Err: err})
@@ -262,14 +286,15 @@ func appendFence(dst []byte, wire []*request) ([]byte, []*request) {
 	return dst, append(wire, f)
 }
 
-// publish puts the encoded requests in flight, in wire order, and lets
-// noreply callers go: their memory has been copied into the write buffer.
+// publish puts the encoded requests in flight, in wire order, gives the
+// reader role out if nobody holds it, and lets noreply callers go: their
+// memory has been copied into the write buffer.
 // If nc failed meanwhile, nothing was sent: the requests fail instead, and
 // publish reports false.
-func (ln *lane) publish(nc net.Conn, wire []*request) bool {
+func (ln *lane) publish(nc net.Conn, wire []*request, own *request) bool {
 	now := time.Now()
 	ln.mu.Lock()
-	if ln.nc != nc {
+	if ln.nc != nc || ln.u.closed.Load() {
 		for _, r := range wire {
 			r.where = atCaller
 		}
@@ -292,24 +317,11 @@ func (ln *lane) publish(nc net.Conn, wire []*request) bool {
 		ln.inflightBytes += r.wireLen
 		ln.flight.push(r)
 	}
-	if wasIdle {
-		ln.setReadDeadline(ln.flight.peekSent())
+	if ln.flight.len() > 0 {
+		ln.assignRole(own, wasIdle, wire)
 	}
 	ln.mu.Unlock()
 	return true
-}
-
-// setReadDeadline arms the stall detector for the request at the head of
-// the flight queue, sent at sent. Called with mu held.
-func (ln *lane) setReadDeadline(sent time.Time) {
-	dl := time.Time{}
-	if t := ln.u.d.opts.Timeout; t > 0 && !sent.IsZero() {
-		dl = sent.Add(t)
-	}
-	if dl != ln.readDeadline && ln.nc != nil {
-		ln.readDeadline = dl
-		_ = ln.nc.SetReadDeadline(dl)
-	}
 }
 
 func deadlineAfter(t time.Duration) time.Time {
@@ -319,7 +331,7 @@ func deadlineAfter(t time.Duration) time.Time {
 	return time.Now().Add(t)
 }
 
-// ensureConn dials when the lane has no connection and starts its reader.
+// ensureConn dials when the lane has no connection.
 // Called with mu held; the lock is released while dialing. The dial does
 // not inherit the caller's cancellation: it serves every queued request.
 func (ln *lane) ensureConn(ctx context.Context) error {
@@ -337,9 +349,9 @@ func (ln *lane) ensureConn(ctx context.Context) error {
 		return ErrClosed
 	}
 	ln.nc = cn.nc
-	ln.readDeadline = time.Time{}
 	ln.inflightBytes = 0
-	go ln.readLoop(cn.nc, cn.rbuf)
+	ln.deadlineStale = true
+	ln.startReader()
 	return nil
 }
 
@@ -394,29 +406,6 @@ func newSink(r *request) *request {
 	return s
 }
 
-// complete finishes r with a transport fault (nil on success) and wakes its
-// caller; sinks and fences go back to the pool. The caller of complete has
-// already set r.where = atCaller under mu, so a cancelled waiter knows to
-// wait for this wake-up instead of leaving.
-func (ln *lane) complete(r *request, fault error) {
-	if r.sink {
-		putRequest(r)
-		return
-	}
-	r.fault = fault
-	r.wake <- struct{}{}
-}
-
-// takeAll empties q into dst, marking each request as back with its
-// caller. Called with mu held.
-func takeAll(dst []*request, q *ring) []*request {
-	for r := q.pop(); r != nil; r = q.pop() {
-		r.where = atCaller
-		dst = append(dst, r)
-	}
-	return dst
-}
-
 // takePending empties the queue of unwritten requests into dst. Called
 // with mu held.
 func (ln *lane) takePending(dst []*request) []*request {
@@ -427,194 +416,4 @@ func (ln *lane) takePending(dst []*request) []*request {
 	clear(ln.pending)
 	ln.pending = ln.pending[:0]
 	return dst
-}
-
-// readLoop parses replies from nc for the requests in flight, in order,
-// until the connection fails or is closed.
-func (ln *lane) readLoop(nc net.Conn, buf []byte) {
-	var rpos, rend int
-	var cur *request
-	for {
-		for rpos < rend {
-			if cur == nil {
-				if cur = ln.startParse(); cur == nil {
-					ln.fail(nc, protocolError("bytes with no request in flight", buf[rpos:rend]))
-					return
-				}
-			}
-			n, done, err := parseTextReply(cur, buf[rpos:rend])
-			rpos += n
-			if err != nil && err != errDiscardConn {
-				ln.fail(nc, err)
-				return
-			}
-			if !done {
-				break
-			}
-			ln.finishParse(cur)
-			if err == errDiscardConn {
-				ln.fail(nc, nil)
-				return
-			}
-			cur = nil
-		}
-		if rpos == rend {
-			rpos, rend = 0, 0
-		} else if rend == len(buf) {
-			if rpos == 0 {
-				ln.fail(nc, protocolError("reply element larger than the read buffer", buf[:64]))
-				return
-			}
-			rend = copy(buf, buf[rpos:rend])
-			rpos = 0
-		}
-		n, err := nc.Read(buf[rend:])
-		rend += n
-		if err != nil && n == 0 {
-			ln.fail(nc, &ConnError{Op: "read", Addr: ln.u.d.addr, Err: err})
-			return
-		}
-	}
-}
-
-// startParse takes the head of the flight queue for parsing: from here
-// its caller can no longer leave before the parse ends.
-func (ln *lane) startParse() *request {
-	ln.mu.Lock()
-	r := ln.flight.peek()
-	if r != nil {
-		r.where = atParse
-	}
-	ln.mu.Unlock()
-	return r
-}
-
-// finishParse pops the parsed request, re-arms the stall detector for the
-// next one, and completes it.
-func (ln *lane) finishParse(r *request) {
-	ln.mu.Lock()
-	ln.flight.pop()
-	r.where = atCaller
-	ln.inflightBytes -= r.wireLen
-	ln.setReadDeadline(ln.flight.peekSent())
-	ln.mu.Unlock()
-	select {
-	case ln.space <- struct{}{}:
-	default:
-	}
-	ln.complete(r, nil)
-}
-
-// fail tears the lane's connection down: every request in flight (the
-// one whose reply was cut included) completes with err, so no later reply can reach the
-// wrong request. Queued requests stay queued for a fresh connection.
-func (ln *lane) fail(nc net.Conn, err error) {
-	nc.Close()
-	if err == nil {
-		err = &ConnError{Op: "read", Addr: ln.u.d.addr, Err: errDiscardConn}
-	}
-	ln.mu.Lock()
-	if ln.nc != nc {
-		ln.mu.Unlock() // closed by Close before it was installed
-		return
-	}
-	ln.nc = nil
-	if ln.closeCause != nil {
-		err, ln.closeCause = ln.closeCause, nil
-	}
-	failed := takeAll(nil, &ln.flight)
-	ln.inflightBytes = 0
-	restart := !ln.writing && len(ln.pending) > 0
-	if restart {
-		ln.writing = true
-	}
-	ln.mu.Unlock()
-	select {
-	case ln.space <- struct{}{}:
-	default:
-	}
-	for _, r := range failed {
-		ln.complete(r, err)
-	}
-	if restart {
-		ln.writeLoop(context.Background())
-	}
-}
-
-// replayValues runs the multi-get callback in the caller's goroutine over
-// the values the reader collected: [index u32][len u32][bytes]...
-func (r *request) replayValues() {
-	b := r.collected
-	for len(b) >= 8 {
-		i := int(binary.LittleEndian.Uint32(b))
-		n := int(binary.LittleEndian.Uint32(b[4:]))
-		r.onValue(i, b[8:8+n])
-		b = b[8+n:]
-	}
-}
-
-// collectValue keeps a multi-get value for replayValues.
-func (r *request) collectValue(index int, v []byte) {
-	var hdr [8]byte
-	binary.LittleEndian.PutUint32(hdr[:], uint32(index))
-	binary.LittleEndian.PutUint32(hdr[4:], uint32(len(v)))
-	r.collected = append(append(r.collected, hdr[:]...), v...)
-}
-
-// ring is a growable FIFO of requests.
-type ring struct {
-	buf        []*request
-	head, size int
-}
-
-func (q *ring) len() int { return q.size }
-
-func (q *ring) push(r *request) {
-	if q.size == len(q.buf) {
-		nb := make([]*request, max(16, 2*len(q.buf)))
-		for i := 0; i < q.size; i++ {
-			nb[i] = q.buf[(q.head+i)%len(q.buf)]
-		}
-		q.buf, q.head = nb, 0
-	}
-	q.buf[(q.head+q.size)%len(q.buf)] = r
-	q.size++
-}
-
-func (q *ring) peek() *request {
-	if q.size == 0 {
-		return nil
-	}
-	return q.buf[q.head]
-}
-
-// peekSent is when the head was written; zero when the queue is empty.
-func (q *ring) peekSent() time.Time {
-	if r := q.peek(); r != nil {
-		return r.sentAt
-	}
-	return time.Time{}
-}
-
-func (q *ring) pop() *request {
-	if q.size == 0 {
-		return nil
-	}
-	r := q.buf[q.head]
-	q.buf[q.head] = nil
-	q.head = (q.head + 1) % len(q.buf)
-	q.size--
-	return r
-}
-
-// replace swaps old for new in the queue; false if old is not there.
-func (q *ring) replace(old, new *request) bool {
-	for i := 0; i < q.size; i++ {
-		j := (q.head + i) % len(q.buf)
-		if q.buf[j] == old {
-			q.buf[j] = new
-			return true
-		}
-	}
-	return false
 }

@@ -104,3 +104,23 @@ func (r *request) deliverValue(index int, flags uint32, cas uint64, data []byte)
 	r.dst = append(r.dst, data...)
 	return nil
 }
+
+// replayValues runs the multi-get callback in the caller's goroutine over
+// the values the reader collected: [index u32][len u32][bytes]...
+func (r *request) replayValues() {
+	b := r.collected
+	for len(b) >= 8 {
+		i := int(binary.LittleEndian.Uint32(b))
+		n := int(binary.LittleEndian.Uint32(b[4:]))
+		r.onValue(i, b[8:8+n])
+		b = b[8+n:]
+	}
+}
+
+// collectValue keeps a multi-get value for replayValues.
+func (r *request) collectValue(index int, v []byte) {
+	var hdr [8]byte
+	binary.LittleEndian.PutUint32(hdr[:], uint32(index))
+	binary.LittleEndian.PutUint32(hdr[4:], uint32(len(v)))
+	r.collected = append(append(r.collected, hdr[:]...), v...)
+}

@@ -1,0 +1,327 @@
+package ermc
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os"
+	"time"
+)
+
+// The Ultra driver's read side. One goroutine at a time holds a lane's
+// reader role and parses replies, completing requests strictly in write
+// order. The role belongs to the lane's reader goroutine, except for a
+// lone request: a caller that wrote its own request onto an idle
+// connection reads its reply itself, as on the Text driver, with no
+// handoff between goroutines. As soon as its reply is in, or anything
+// else is in flight, the role passes to the reader goroutine.
+
+// startReader runs the lane's reader goroutine, once.
+func (ln *lane) startReader() {
+	if ln.readerStarted {
+		return
+	}
+	ln.readerStarted = true
+	ln.rbuf = make([]byte, readBufferSize)
+	ln.readerUp = make(chan struct{}, 1)
+	ln.interruptRead = ln.abortRead
+	go ln.readerLoop()
+}
+
+// readerLoop serves the reader role whenever it is handed over, until the
+// client is closed and nothing is left to read.
+func (ln *lane) readerLoop() {
+	for range ln.readerUp {
+		ln.serve(context.Background(), nil)
+		ln.releaseRole()
+		ln.mu.Lock()
+		exit := ln.u.closed.Load() && !ln.reading
+		ln.mu.Unlock()
+		if exit {
+			return
+		}
+	}
+}
+
+// wakeReader hands the role to the reader goroutine. Called with mu held.
+func (ln *lane) wakeReader() {
+	ln.direct = nil
+	select {
+	case ln.readerUp <- struct{}{}:
+	default: // already due to run
+	}
+}
+
+// assignRole gives the reader role out after publish put requests in
+// flight: to own, when it went alone onto an idle connection, else to the
+// reader goroutine. own's caller is the writer: if it holds the role but is
+// still writing more batches, it cannot read meanwhile, so the role moves
+// on. Called with mu held.
+func (ln *lane) assignRole(own *request, wasIdle bool, wire []*request) {
+	switch {
+	case !ln.reading:
+		ln.reading = true
+		if wasIdle && len(wire) == 1 && wire[0] == own {
+			ln.direct = own
+			return
+		}
+		ln.wakeReader()
+	case ln.direct != nil && ln.direct == own:
+		ln.wakeReader()
+	}
+}
+
+// releaseRole gives the role up, or passes it to the reader goroutine when
+// replies are still due.
+func (ln *lane) releaseRole() {
+	ln.mu.Lock()
+	if ln.flight.len() > 0 && ln.nc != nil {
+		ln.wakeReader()
+	} else {
+		ln.reading, ln.direct = false, nil
+	}
+	ln.mu.Unlock()
+}
+
+// readDirect is a lone request's caller reading its own reply.
+func (ln *lane) readDirect(ctx context.Context, own *request) error {
+	var stop func() bool
+	if ctx.Done() != nil {
+		stop = context.AfterFunc(ctx, ln.interruptRead)
+	}
+	abandoned := ln.serve(ctx, own)
+	if stop != nil {
+		stop() // if it already ran, the next reader sees a stale deadline and re-arms it
+	}
+	ln.releaseRole()
+	if abandoned {
+		return ctxFault(ctx, ln.u.d.addr)
+	}
+	<-own.wake // sent when own completed, as for any request
+	return nil
+}
+
+// abortRead makes a blocked direct read return when its context is
+// cancelled; the reader then finds out why.
+func (ln *lane) abortRead() {
+	ln.mu.Lock()
+	nc := ln.nc
+	ln.mu.Unlock()
+	if nc != nil {
+		_ = nc.SetReadDeadline(time.Unix(1, 0))
+	}
+}
+
+// serve holds the reader role until its work is done: for the reader
+// goroutine (own == nil) until nothing is in flight, for a direct reader
+// until own completes. It reports whether own was abandoned because ctx
+// ended before its reply started.
+func (ln *lane) serve(ctx context.Context, own *request) (abandoned bool) {
+	for {
+		ln.parseBuffered()
+		ln.mu.Lock()
+		finished := ln.flight.len() == 0 || ln.nc == nil || (own != nil && own.where == atCaller)
+		ln.mu.Unlock()
+		if finished {
+			return false
+		}
+		switch ln.readMore(ctx, own) {
+		case readAbandoned:
+			return true
+		case readFailed:
+			return false
+		}
+	}
+}
+
+// parseBuffered parses every complete reply in the read buffer, in order.
+// A reply that does not parse fails the connection.
+func (ln *lane) parseBuffered() {
+	for ln.rpos < ln.rend {
+		cur, nc := ln.startParse()
+		if cur == nil {
+			if nc != nil {
+				ln.fail(nc, protocolError("bytes with no request in flight", ln.rbuf[ln.rpos:ln.rend]))
+			}
+			ln.rpos, ln.rend = 0, 0
+			return
+		}
+		n, done, err := parseTextReply(cur, ln.rbuf[ln.rpos:ln.rend])
+		ln.rpos += n
+		if err != nil && err != errDiscardConn {
+			ln.fail(nc, err)
+			return
+		}
+		if !done {
+			break
+		}
+		ln.finishParse(cur)
+		if err == errDiscardConn {
+			ln.fail(nc, nil)
+			return
+		}
+	}
+	switch {
+	case ln.rpos == ln.rend:
+		ln.rpos, ln.rend = 0, 0
+	case ln.rend == len(ln.rbuf) && ln.rpos > 0:
+		ln.rend = copy(ln.rbuf, ln.rbuf[ln.rpos:ln.rend])
+		ln.rpos = 0
+	}
+}
+
+// Outcomes of readMore.
+const (
+	readProgress = iota
+	readAbandoned
+	readFailed
+)
+
+// readMore reads from the connection once. Its deadline is when the head
+// of the flight queue is due (a stall past it fails the connection), or a
+// direct reader's own context deadline if that is sooner.
+func (ln *lane) readMore(ctx context.Context, own *request) int {
+	ln.mu.Lock()
+	nc, head := ln.nc, ln.flight.peek()
+	ownWaiting := own != nil && own.where == atFlight
+	var sent time.Time
+	if head != nil {
+		sent = head.sentAt // read under mu: the head's caller may leave and recycle it
+	}
+	ln.mu.Unlock()
+	if nc == nil || head == nil {
+		return readFailed
+	}
+	if ln.rend == len(ln.rbuf) {
+		ln.fail(nc, protocolError("reply element larger than the read buffer", ln.rbuf[:64]))
+		return readFailed
+	}
+	due := time.Time{}
+	if t := ln.u.d.opts.Timeout; t > 0 {
+		due = sent.Add(t)
+	}
+	dl := due
+	if cd, ok := ctx.Deadline(); ok && ownWaiting && (dl.IsZero() || cd.Before(dl)) {
+		dl = cd
+	}
+	if dl != ln.readDeadline || ln.deadlineStale {
+		_ = nc.SetReadDeadline(dl)
+		ln.readDeadline, ln.deadlineStale = dl, false
+	}
+	n, err := nc.Read(ln.rbuf[ln.rend:])
+	ln.rend += n
+	if err == nil || n > 0 {
+		return readProgress
+	}
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		if ctx.Err() != nil && ln.abandon(own) {
+			return readAbandoned
+		}
+		if due.IsZero() || time.Now().Before(due) {
+			// Our own context's deadline (with own already being parsed)
+			// or a cancellation's interrupt: nothing is overdue.
+			ln.deadlineStale = true
+			return readProgress
+		}
+	}
+	ln.fail(nc, &ConnError{Op: "read", Addr: ln.u.d.addr, Err: err})
+	return readFailed
+}
+
+// abandon takes a direct reader's own request out of flight, if its reply
+// has not started, leaving a sink to read that reply.
+func (ln *lane) abandon(own *request) bool {
+	if own == nil {
+		return false
+	}
+	ln.mu.Lock()
+	defer ln.mu.Unlock()
+	if own.where != atFlight || !ln.flight.replace(own, newSink(own)) {
+		return false
+	}
+	own.where = atCaller
+	return true
+}
+
+// startParse returns the head of the flight queue, marked as being parsed:
+// from here its caller can no longer leave before the parse ends. It also
+// returns the connection the replies come from.
+func (ln *lane) startParse() (*request, net.Conn) {
+	ln.mu.Lock()
+	r := ln.flight.peek()
+	if r != nil {
+		r.where = atParse
+	}
+	nc := ln.nc
+	ln.mu.Unlock()
+	return r, nc
+}
+
+// finishParse pops the parsed request and completes it.
+func (ln *lane) finishParse(r *request) {
+	ln.mu.Lock()
+	ln.flight.pop()
+	r.where = atCaller
+	ln.inflightBytes -= r.wireLen
+	ln.mu.Unlock()
+	ln.signalSpace()
+	ln.complete(r, nil)
+}
+
+func (ln *lane) signalSpace() {
+	select {
+	case ln.space <- struct{}{}:
+	default:
+	}
+}
+
+// complete finishes r with a transport fault (nil on success) and wakes its
+// caller; sinks and fences go back to the pool. The caller of complete has
+// already set r.where = atCaller under mu, so a cancelled waiter knows to
+// wait for this wake-up instead of leaving.
+func (ln *lane) complete(r *request, fault error) {
+	if r.sink {
+		putRequest(r)
+		return
+	}
+	r.fault = fault
+	r.wake <- struct{}{}
+}
+
+// fail tears the lane's connection down: every request in flight (the one
+// whose reply was cut included) completes with err, so no later reply can
+// reach the wrong request. Queued requests stay queued for a fresh
+// connection. Only the reader role calls it.
+func (ln *lane) fail(nc net.Conn, err error) {
+	nc.Close()
+	if err == nil {
+		err = &ConnError{Op: "read", Addr: ln.u.d.addr, Err: errDiscardConn}
+	}
+	ln.mu.Lock()
+	if ln.nc != nc {
+		ln.mu.Unlock()
+		return
+	}
+	ln.nc = nil
+	if ln.closeCause != nil {
+		err, ln.closeCause = ln.closeCause, nil
+	}
+	failed := takeAll(nil, &ln.flight)
+	ln.inflightBytes = 0
+	ln.rpos, ln.rend = 0, 0
+	ln.mu.Unlock()
+	ln.signalSpace()
+	for _, r := range failed {
+		ln.complete(r, err)
+	}
+}
+
+// takeAll empties q into dst, marking each request as back with its
+// caller. Called with mu held.
+func takeAll(dst []*request, q *ring) []*request {
+	for r := q.pop(); r != nil; r = q.pop() {
+		r.where = atCaller
+		dst = append(dst, r)
+	}
+	return dst
+}
