@@ -119,12 +119,40 @@ func quoteBounded(b []byte) string {
 	return strconv.QuoteToASCII(string(b))
 }
 
-// boundedMessage turns a server's message into a string of bounded length.
+// boundedMessage turns a server's message into a string of at most
+// maxMessageInError bytes. Printable ASCII is kept as it is; control
+// characters, DEL and non-ASCII bytes are escaped as \xNN, so a message
+// cannot smuggle terminal escapes or line breaks into a log.
 func boundedMessage(b []byte) string {
-	if len(b) > maxMessageInError {
-		b = b[:maxMessageInError]
+	clean := true
+	for _, c := range b {
+		if c < ' ' || c >= 0x7f || c == '\\' {
+			clean = false
+			break
+		}
 	}
-	return string(b)
+	if clean {
+		if len(b) > maxMessageInError {
+			b = b[:maxMessageInError]
+		}
+		return string(b)
+	}
+	const hex = "0123456789abcdef"
+	out := make([]byte, 0, min(len(b), maxMessageInError))
+	for _, c := range b {
+		if c >= ' ' && c < 0x7f && c != '\\' {
+			if len(out)+1 > maxMessageInError {
+				break
+			}
+			out = append(out, c)
+			continue
+		}
+		if len(out)+4 > maxMessageInError {
+			break
+		}
+		out = append(out, '\\', 'x', hex[c>>4], hex[c&0xf])
+	}
+	return string(out)
 }
 
 // faultError marks a connectivity fault that ErrorAsMiss turned into a miss
