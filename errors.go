@@ -59,9 +59,19 @@ type ClientError struct {
 
 func (e *ClientError) Error() string { return "ermc: client error: " + e.Message }
 
-// Is lets errors.Is(err, ErrNonNumeric) match the text protocol's incr error.
+// Is lets errors.Is(err, ErrNonNumeric) match the text protocol's incr
+// error, and errors.Is(err, ErrAuth) match memcached's refusals under ASCII
+// authentication (-Y): "unauthenticated" for any command on a connection
+// that has not authenticated, "authentication failure" for bad
+// credentials.
 func (e *ClientError) Is(target error) bool {
-	return target == ErrNonNumeric && e.Message == "cannot increment or decrement non-numeric value"
+	switch target {
+	case ErrNonNumeric:
+		return e.Message == "cannot increment or decrement non-numeric value"
+	case ErrAuth:
+		return e.Message == "unauthenticated" || e.Message == "authentication failure"
+	}
+	return false
 }
 
 // StatusError is a binary-protocol reply whose status code has no sentinel
