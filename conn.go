@@ -124,7 +124,15 @@ func (cn *conn) abortIO() {
 
 func (cn *conn) close() { _ = cn.nc.Close() }
 
+// authenticate runs the auth exchange on a new connection. The password
+// never reaches the caller inside an error: a server that echoes the
+// credentials back (a misconfigured or hostile endpoint) gets its message
+// masked.
 func (cn *conn) authenticate(ctx context.Context) error {
+	return redactSecret(cn.authExchange(ctx), cn.d.opts.Password)
+}
+
+func (cn *conn) authExchange(ctx context.Context) error {
 	r := getRequest()
 	defer putRequest(r)
 	r.op = opAuth

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 )
 
 // Sentinel errors. Match them with errors.Is: the client may wrap them with
@@ -183,3 +184,30 @@ func isConnFault(err error) bool {
 	var ce *ConnError
 	return errors.As(err, &ce)
 }
+
+// redactSecret keeps secret out of err's message. When the message holds
+// it (a server echoed the credentials into a reply, say), err is replaced
+// by an error whose message has every occurrence masked. errors.Is still
+// matches whatever err matched (ErrAuth, ErrProtocol, a net error...);
+// errors.As no longer reaches err's parts, since those carry the secret.
+func redactSecret(err error, secret string) error {
+	if err == nil || secret == "" {
+		return err
+	}
+	msg := err.Error()
+	if !strings.Contains(msg, secret) {
+		return err
+	}
+	return &redactedError{msg: strings.ReplaceAll(msg, secret, "[redacted]"), orig: err}
+}
+
+// redactedError is an error whose message had a secret masked.
+type redactedError struct {
+	msg  string
+	orig error
+}
+
+func (e *redactedError) Error() string { return e.msg }
+
+// Is matches what the original error matched, without exposing it.
+func (e *redactedError) Is(target error) bool { return errors.Is(e.orig, target) }
