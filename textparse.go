@@ -94,8 +94,12 @@ func appendTextRequest(dst []byte, r *request) []byte {
 		dst = append(dst, "mn"...)
 	case opAuth:
 		// memcached's ASCII auth (-Y): a set of any key whose data is
-		// "username password".
-		dst = append(dst, "set _ 0 0 "...)
+		// "username password". The exptime is -1: a server without -Y,
+		// which takes this for an ordinary set, stores an item that has
+		// already expired, so the credentials are never readable from
+		// it; and twemproxy, which refuses negative exptimes, closes the
+		// connection instead of storing them on a backend.
+		dst = append(dst, "set _ 0 -1 "...)
 		dst = strconv.AppendInt(dst, int64(len(r.user)+1+len(r.pass)), 10)
 		dst = append(dst, crlf...)
 		dst = append(dst, r.user...)

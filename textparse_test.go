@@ -55,8 +55,8 @@ func TestAppendTextRequest(t *testing.T) {
 		{"flush_all", request{op: opFlushAll}, "flush_all\r\n"},
 		{"stats", request{op: opStats}, "stats\r\n"},
 		{"version", request{op: opVersion}, "version\r\n"},
-		{"auth", request{op: opAuth, user: "user", pass: "secret"}, "set _ 0 0 11\r\nuser secret\r\n"},
-		{"auth password with spaces", request{op: opAuth, user: "u", pass: "p w"}, "set _ 0 0 5\r\nu p w\r\n"},
+		{"auth", request{op: opAuth, user: "user", pass: "secret"}, "set _ 0 -1 11\r\nuser secret\r\n"},
+		{"auth password with spaces", request{op: opAuth, user: "u", pass: "p w"}, "set _ 0 -1 5\r\nu p w\r\n"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
