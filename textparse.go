@@ -54,7 +54,7 @@ func appendTextRequest(dst []byte, r *request) []byte {
 		dst = append(dst, ' ')
 		dst = strconv.AppendUint(dst, uint64(r.flags), 10)
 		dst = append(dst, ' ')
-		dst = strconv.AppendInt(dst, r.exptime, 10)
+		dst = appendStorageExptime(dst, r.exptime)
 		dst = append(dst, ' ')
 		dst = strconv.AppendInt(dst, int64(len(r.value)), 10)
 		if r.op == opCAS {
@@ -107,6 +107,18 @@ func appendTextRequest(dst []byte, r *request) []byte {
 		dst = append(dst, r.pass...)
 	}
 	return append(dst, crlf...)
+}
+
+// appendStorageExptime writes a storage command's exptime. A negative one
+// ("already expired") goes out as an absolute time long past, which is
+// what memcached turns a negative exptime into itself (REALTIME_MAXDELTA
+// + 1): twemproxy refuses negative exptimes in storage commands and
+// closes the connection.
+func appendStorageExptime(dst []byte, exptime int64) []byte {
+	if exptime < 0 {
+		exptime = int64(binExpiredLongAgo)
+	}
+	return strconv.AppendInt(dst, exptime, 10)
 }
 
 func appendNoreply(dst []byte, noreply bool) []byte {

@@ -29,7 +29,7 @@ func TestAppendTextRequest(t *testing.T) {
 		{"set", request{op: opSet, key: "foo", value: []byte("bar"), flags: 5, exptime: 100}, "set foo 5 100 3\r\nbar\r\n"},
 		{"set noreply", request{op: opSet, key: "foo", value: []byte("bar"), flags: 5, exptime: 100, noreply: true}, "set foo 5 100 3 noreply\r\nbar\r\n"},
 		{"set empty value", request{op: opSet, key: "k", value: nil}, "set k 0 0 0\r\n\r\n"},
-		{"set max flags, negative exptime", request{op: opSet, key: "k", value: []byte("v"), flags: math.MaxUint32, exptime: -1}, "set k 4294967295 -1 1\r\nv\r\n"},
+		{"set max flags, negative exptime", request{op: opSet, key: "k", value: []byte("v"), flags: math.MaxUint32, exptime: -1}, "set k 4294967295 2592001 1\r\nv\r\n"},
 		{"set binary value with CRLF inside", request{op: opSet, key: "k", value: []byte("a\r\nEND\r\n\x00")}, "set k 0 0 9\r\na\r\nEND\r\n\x00\r\n"},
 		{"set absolute exptime", request{op: opSet, key: "k", value: []byte("v"), exptime: 1900000000}, "set k 0 1900000000 1\r\nv\r\n"},
 		{"add", request{op: opAdd, key: "foo", value: []byte("bar")}, "add foo 0 0 3\r\nbar\r\n"},
