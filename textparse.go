@@ -91,7 +91,11 @@ func appendTextRequest(dst []byte, r *request) []byte {
 	case opVersion:
 		dst = append(dst, "version"...)
 	case opFence:
-		dst = append(dst, "mn"...)
+		// Not the meta no-op "mn": twemproxy does not know it and closes
+		// the connection. Every memcached and twemproxy 0.5 answer
+		// version, with one line that no noreply command's error starts
+		// with.
+		dst = append(dst, "version"...)
 	case opAuth:
 		// memcached's ASCII auth (-Y): a set of any key whose data is
 		// "username password". The exptime is -1: a server without -Y,
@@ -268,10 +272,10 @@ func (r *request) matchKey(key []byte) (int, bool) {
 // finishLine interprets a reply line that is not a VALUE header.
 func finishLine(r *request, line []byte) (done bool, err error) {
 	if r.op == opFence {
-		// Everything before MN answers earlier noreply commands, which
-		// asked for no reply: errors only, dropped here so they cannot
-		// be taken for the next request's reply.
-		return string(line) == "MN", nil
+		// Everything before the VERSION line answers earlier noreply
+		// commands, which asked for no reply: errors only, dropped here
+		// so they cannot be taken for the next request's reply.
+		return string(line) == "VERSION" || bytes.HasPrefix(line, []byte("VERSION ")), nil
 	}
 	switch {
 	case string(line) == "END":
