@@ -298,6 +298,13 @@ func finishLine(r *request, line []byte) (done bool, err error) {
 		return false, nil
 	case bytes.HasPrefix(line, []byte("SERVER_ERROR")):
 		r.err = &ServerError{Message: boundedMessage(bytes.TrimPrefix(line[len("SERVER_ERROR"):], []byte{' '}))}
+		if r.op == opGetMulti {
+			// A multi-get cut short by an error: twemproxy closes the
+			// connection right after it (one key's server is down), and
+			// memcached stops the reply without END. Either way the
+			// connection is not worth keeping.
+			return true, errDiscardConn
+		}
 		return true, nil
 	case bytes.HasPrefix(line, []byte("CLIENT_ERROR")):
 		r.err = &ClientError{Message: boundedMessage(bytes.TrimPrefix(line[len("CLIENT_ERROR"):], []byte{' '}))}
