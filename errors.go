@@ -62,15 +62,19 @@ func (e *ClientError) Error() string { return "ermc: client error: " + e.Message
 
 // Is lets errors.Is(err, ErrNonNumeric) match the text protocol's incr
 // error, and errors.Is(err, ErrAuth) match memcached's refusals under ASCII
-// authentication (-Y): "unauthenticated" for any command on a connection
-// that has not authenticated, "authentication failure" for bad
-// credentials.
+// authentication (-Y): "authentication failure" for bad credentials, and
+// on a connection that has not authenticated, "unauthenticated" for most
+// commands and "bad authentication token format" for a set (which such a
+// connection takes for an auth attempt).
 func (e *ClientError) Is(target error) bool {
 	switch target {
 	case ErrNonNumeric:
 		return e.Message == "cannot increment or decrement non-numeric value"
 	case ErrAuth:
-		return e.Message == "unauthenticated" || e.Message == "authentication failure"
+		switch e.Message {
+		case "unauthenticated", "authentication failure", "bad authentication token format":
+			return true
+		}
 	}
 	return false
 }
