@@ -25,9 +25,14 @@ import (
 // auth file of "user:password" lines.
 func startMemcachedAuth(t *testing.T, lines ...string) *testServer {
 	t.Helper()
+	return startMemcached(t, "-Y", writeAuthFile(t, lines...))
+}
+
+func writeAuthFile(t *testing.T, lines ...string) string {
+	t.Helper()
 	file := filepath.Join(t.TempDir(), "authfile")
 	require.NoError(t, os.WriteFile(file, []byte(strings.Join(lines, "\n")+"\n"), 0o600))
-	return startMemcached(t, "-Y", file)
+	return file
 }
 
 // asciiAuthDrivers are the drivers that authenticate with ASCII auth.
@@ -239,4 +244,24 @@ func TestASCIIAuth(t *testing.T) {
 			})
 		}
 	})
+}
+
+// ASCII auth over a unix socket (memcached -s -Y), both address forms.
+func TestASCIIAuthUnixSocket(t *testing.T) {
+	s := startMemcachedUnix(t, "-Y", writeAuthFile(t, "alice:pw"))
+	for _, proto := range asciiAuthDrivers {
+		t.Run(proto.String(), func(t *testing.T) {
+			for _, addr := range []string{s.Addr, "unix:" + s.Addr} {
+				c := newTestClient(t, addr, proto, Options{Username: "alice", Password: "pw"})
+				mustSet(t, c, "k", addr)
+				requireValue(t, c, "k", addr)
+				wrong := newTestClient(t, addr, proto, Options{Username: "alice", Password: "nope"})
+				_, err := wrong.Get(bg, "k", nil)
+				requireAuthRefused(t, err, "get with a wrong password")
+				anon := newTestClient(t, addr, proto, Options{})
+				_, err = anon.Get(bg, "k", nil)
+				requireAuthRefused(t, err, "get without credentials")
+			}
+		})
+	}
 }
