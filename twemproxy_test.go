@@ -223,19 +223,27 @@ func TestTwemproxySupported(t *testing.T) {
 			assert.NotEmpty(t, v)
 
 			// Fire-and-forget: on Ultra with noreply and a fence, on Text
-			// ordinary calls. Either way they land, on both backends.
+			// ordinary calls. Either way they land, on both backends, in
+			// order (a touch with a negative TTL expires the item). On
+			// Ultra only requests on one connection are ordered: one lane.
+			nr := newTestClient(t, s.proxy.Addr, proto, Options{MaxValueLength: 2 << 20})
+			if u, ok := nr.drv.(*ultraDriver); ok {
+				u.lanes = u.lanes[:1]
+			}
 			for _, keys := range byBackend {
 				k := keys[2]
-				require.NoError(t, c.SetNoreply(ctx, k, []byte("noreply"), 0))
-				requireValue(t, c, k, "noreply")
-				require.NoError(t, c.DeleteNoreply(ctx, k))
-				requireMiss(t, c, k)
+				require.NoError(t, nr.SetNoreply(ctx, k, []byte("noreply"), 0))
+				requireValue(t, nr, k, "noreply")
+				require.NoError(t, nr.TouchNoreply(ctx, k, -time.Second))
+				requireMiss(t, nr, k)
+				require.NoError(t, nr.SetNoreply(ctx, k, []byte("noreply"), 0))
+				require.NoError(t, nr.DeleteNoreply(ctx, k))
+				requireMiss(t, nr, k)
 			}
 			// A noreply run that the server refuses (too large for the
 			// backend's item size) is fenced: the next reply is the next
 			// request's own.
-			big := newTestClient(t, s.proxy.Addr, proto, Options{MaxValueLength: 2 << 20})
-			err = big.SetNoreply(ctx, k1, make([]byte, 1100<<10), 0)
+			err = nr.SetNoreply(ctx, k1, make([]byte, 1100<<10), 0)
 			if proto == Ultra {
 				require.NoError(t, err)
 			} else {
@@ -243,11 +251,11 @@ func TestTwemproxySupported(t *testing.T) {
 				require.ErrorAs(t, err, &se)
 			}
 			other := byBackend[1][3]
-			requireValue(t, big, other, "v-"+other)
+			requireValue(t, nr, other, "v-"+other)
 			// memcached drops the old value when it refuses a set.
-			requireMiss(t, big, k1)
-			require.NoError(t, big.SetNoreply(ctx, k1, []byte("after"), 0))
-			requireValue(t, big, k1, "after")
+			requireMiss(t, nr, k1)
+			require.NoError(t, nr.SetNoreply(ctx, k1, []byte("after"), 0))
+			requireValue(t, nr, k1, "after")
 
 			// Concurrent traffic over keys of both backends.
 			done := make(chan error, 8)
