@@ -265,3 +265,26 @@ func TestASCIIAuthUnixSocket(t *testing.T) {
 		})
 	}
 }
+
+// Binary's SASL refusals are the same typed ErrAuth as the text drivers':
+// a wrong password, and a server with -S refusing an unauthenticated
+// connection (status 0x20), never a miss, with or without ErrorAsMiss.
+func TestBinarySASLRefusalsAreErrAuth(t *testing.T) {
+	s := startMemcachedSASL(t, "alice", "right")
+	for _, asMiss := range []bool{false, true} {
+		t.Run(fmt.Sprintf("ErrorAsMiss=%v", asMiss), func(t *testing.T) {
+			wrong := newTestClient(t, s.Addr, Binary, Options{Username: "alice", Password: "wrong", ErrorAsMiss: asMiss})
+			requireAuthRefused(t, wrong.Connect(bg), "connect with a wrong password")
+			_, err := wrong.Get(bg, "k", nil)
+			requireAuthRefused(t, err, "get with a wrong password")
+
+			anon := newTestClient(t, s.Addr, Binary, Options{ErrorAsMiss: asMiss})
+			_, err = anon.Get(bg, "k", nil)
+			requireAuthRefused(t, err, "get without credentials")
+			wantStatus(t, err, binStatusAuthError)
+			requireAuthRefused(t, anon.Set(bg, "k", []byte("v"), 0), "set without credentials")
+			requireAuthRefused(t, anon.GetMulti(bg, []string{"k", "j"}, func(int, []byte) {}), "multi-get without credentials")
+			requireAuthRefused(t, anon.Delete(bg, "k"), "delete without credentials")
+		})
+	}
+}
