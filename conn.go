@@ -84,8 +84,12 @@ func (d *dialer) dialRaw(ctx context.Context) (net.Conn, error) {
 }
 
 // dial opens a connection ready for requests: transport, then
-// authentication when a username is configured.
+// authentication when a username is configured, all within
+// ConnectTimeout (the auth exchange also within Timeout, like any
+// request).
 func (d *dialer) dial(ctx context.Context) (*conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, d.opts.ConnectTimeout)
+	defer cancel()
 	nc, err := d.dialRaw(ctx)
 	if err != nil {
 		return nil, err
