@@ -288,3 +288,20 @@ func TestBinarySASLRefusalsAreErrAuth(t *testing.T) {
 		})
 	}
 }
+
+// A server that accepts the connection and never answers the auth
+// exchange: ConnectTimeout bounds the setup of a new connection, auth
+// included, even with no per-request Timeout.
+func TestAuthBoundedByConnectTimeout(t *testing.T) {
+	srv := startFakeServer(t, func(fc *fakeConn) { fc.Stall() })
+	for _, proto := range wireDrivers {
+		t.Run(proto.String(), func(t *testing.T) {
+			c := newTestClient(t, srv.Addr, proto, Options{Username: "alice", Password: "pw", ConnectTimeout: 200 * time.Millisecond, Timeout: -1})
+			err := guarded(t, func() error { return c.Connect(bg) })
+			requireHardFault(t, err, "connect")
+			var ce *ConnError
+			assert.True(t, errors.As(err, &ce) && ce.Timeout(), "%v is not a timeout *ConnError", err)
+			requireHardFault(t, guardedGet(t, c, bg, "k").err, "get")
+		})
+	}
+}
