@@ -202,6 +202,8 @@ func TestSecretsNotStoredWithoutAuthServer(t *testing.T) {
 		err := guarded(t, func() error { return c.Set(bg, "k", []byte("v"), 0) })
 		requireNoSecret(t, err, "set through twemproxy with credentials")
 		isHard(t, err)
+		var ce *ConnError
+		assert.True(t, errors.As(err, &ce), "%v is not a *ConnError (twemproxy closes the connection)", err)
 	}
 	for _, b := range tw.backends {
 		_, data, found := rawGet(t, b.Addr, "_")

@@ -201,6 +201,13 @@ func TestTwemproxySupported(t *testing.T) {
 				require.NoError(t, err)
 				assert.Equal(t, uint64(0), n)
 			}
+			gotN, err := c.GetInt(ctx, "tw-counter")
+			require.NoError(t, err)
+			assert.Equal(t, int64(0), gotN)
+			require.NoError(t, c.SetObject(ctx, "tw-object", map[string]int{"a": 1}, 0))
+			var obj map[string]int
+			require.NoError(t, c.GetObject(ctx, "tw-object", &obj))
+			assert.Equal(t, map[string]int{"a": 1}, obj)
 			_, err = c.Incr(ctx, "tw-absent", 1)
 			assert.ErrorIs(t, err, ErrCacheMiss)
 			_, err = c.Incr(ctx, k1, 1)
