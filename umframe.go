@@ -448,11 +448,19 @@ func (ln *lane) readLoop(nc net.Conn, buf []byte) {
 			if !done {
 				break
 			}
-			ln.finishParse(cur)
 			if err == errDiscardConn {
-				ln.fail(nc, nil)
+				// The reply is valid but the connection is done for
+				// (CLIENT_ERROR, ERROR...): take it out of service
+				// before waking the caller, whose next request must not
+				// be written to a connection that is being closed.
+				ln.mu.Lock()
+				ln.flight.pop()
+				cur.where = atCaller
+				ln.mu.Unlock()
+				ln.failAnswered(nc, nil, cur)
 				return
 			}
+			ln.finishParse(cur)
 			cur = nil
 		}
 		if rpos == rend {
@@ -505,7 +513,12 @@ func (ln *lane) finishParse(r *request) {
 // fail tears the lane's connection down: every request in flight (the
 // one whose reply was cut included) completes with err, so no later reply can reach the
 // wrong request. Queued requests stay queued for a fresh connection.
-func (ln *lane) fail(nc net.Conn, err error) {
+func (ln *lane) fail(nc net.Conn, err error) { ln.failAnswered(nc, err, nil) }
+
+// failAnswered is fail for a connection whose last reply, to answered,
+// was read in full: answered completes without a fault once the lane has
+// let go of nc, before anything is restarted.
+func (ln *lane) failAnswered(nc net.Conn, err error, answered *request) {
 	nc.Close()
 	if err == nil {
 		err = &ConnError{Op: "read", Addr: ln.u.d.addr, Err: errDiscardConn}
@@ -513,6 +526,9 @@ func (ln *lane) fail(nc net.Conn, err error) {
 	ln.mu.Lock()
 	if ln.nc != nc {
 		ln.mu.Unlock() // closed by Close before it was installed
+		if answered != nil {
+			ln.complete(answered, nil)
+		}
 		return
 	}
 	ln.nc = nil
@@ -529,6 +545,9 @@ func (ln *lane) fail(nc net.Conn, err error) {
 	select {
 	case ln.space <- struct{}{}:
 	default:
+	}
+	if answered != nil {
+		ln.complete(answered, nil)
 	}
 	for _, r := range failed {
 		ln.complete(r, err)
