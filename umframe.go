@@ -519,18 +519,21 @@ func (ln *lane) fail(nc net.Conn, err error) { ln.failAnswered(nc, err, nil) }
 // was read in full: answered completes without a fault once the lane has
 // let go of nc, before anything is restarted.
 func (ln *lane) failAnswered(nc net.Conn, err error, answered *request) {
-	nc.Close()
 	if err == nil {
 		err = &ConnError{Op: "read", Addr: ln.u.d.addr, Err: errDiscardConn}
 	}
 	ln.mu.Lock()
 	if ln.nc != nc {
 		ln.mu.Unlock() // closed by Close before it was installed
+		nc.Close()
 		if answered != nil {
 			ln.complete(answered, nil)
 		}
 		return
 	}
+	// Detach before closing: a writer whose write fails because of this
+	// close then finds nc out of service and does not record "use of
+	// closed network connection" as the cause of the failure.
 	ln.nc = nil
 	if ln.closeCause != nil {
 		err, ln.closeCause = ln.closeCause, nil
@@ -542,6 +545,7 @@ func (ln *lane) failAnswered(nc net.Conn, err error, answered *request) {
 		ln.writing = true
 	}
 	ln.mu.Unlock()
+	nc.Close()
 	select {
 	case ln.space <- struct{}{}:
 	default:
