@@ -3,6 +3,7 @@ package ermc
 import (
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -35,4 +36,20 @@ func TestUltraDiscardedConnNotReused(t *testing.T) {
 		require.NoError(t, c.Set(bg, "k", []byte("v"), 0), "round %d: the request after a discarded connection", i)
 	}
 	require.Equal(t, 201, srv.Accepted(), "one connection per refusal, plus the last")
+}
+
+// A request that times out reports the timeout, not the "use of closed
+// network connection" that the writer may see when the reader tears the
+// connection down under it.
+func TestUltraTimeoutReportedAsTimeout(t *testing.T) {
+	s := startMemcached(t)
+	for i := 0; i < 300; i++ {
+		c, err := New(s.Addr, Options{Protocol: Ultra, Timeout: time.Nanosecond})
+		require.NoError(t, err)
+		_, err = c.Get(bg, "k", nil)
+		c.Close()
+		var ce *ConnError
+		require.True(t, errors.As(err, &ce), "round %d: %v is not a *ConnError", i, err)
+		require.True(t, ce.Timeout(), "round %d: %v is not a timeout", i, err)
+	}
 }
