@@ -482,6 +482,10 @@ func binStatusError(op opcode, status uint16, msg []byte) error {
 		return wrapStatus(ErrValueTooLarge, status, msg)
 	case binStatusNonNumeric:
 		return wrapStatus(ErrNonNumeric, status, msg)
+	case binStatusAuthError:
+		// A server with -S refusing a connection that has not
+		// authenticated: credentials are missing (or were refused).
+		return wrapStatus(ErrAuth, status, msg)
 	}
 	return &StatusError{Status: status, Message: boundedMessage(msg)}
 }

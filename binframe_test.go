@@ -425,7 +425,7 @@ func TestBinaryReplyErrors(t *testing.T) {
 		{name: "not my vbucket", op: opSet, status: 0x07, msg: "x", status2: 0x07},
 		{name: "0x08", op: opSet, status: 0x08, msg: "x", status2: 0x08},
 		{name: "0x09", op: opSet, status: 0x09, msg: "x", status2: 0x09},
-		{name: "auth error on get", op: opGet, status: 0x20, msg: "Auth failure.", status2: 0x20, discard: true},
+		{name: "auth error on get", op: opGet, status: 0x20, msg: "Auth failure.", is: ErrAuth, status2: 0x20, discard: true},
 		{name: "auth continue on get", op: opGet, status: 0x21, msg: "x", status2: 0x21},
 		{name: "unknown command", op: opTouch, status: 0x81, msg: "Unknown command", status2: 0x81},
 		{name: "out of memory", op: opSet, status: 0x82, msg: "Out of memory allocating item", status2: 0x82},

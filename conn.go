@@ -84,8 +84,12 @@ func (d *dialer) dialRaw(ctx context.Context) (net.Conn, error) {
 }
 
 // dial opens a connection ready for requests: transport, then
-// authentication when a username is configured.
+// authentication when a username is configured, all within
+// ConnectTimeout (the auth exchange also within Timeout, like any
+// request).
 func (d *dialer) dial(ctx context.Context) (*conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, d.opts.ConnectTimeout)
+	defer cancel()
 	nc, err := d.dialRaw(ctx)
 	if err != nil {
 		return nil, err
@@ -124,7 +128,15 @@ func (cn *conn) abortIO() {
 
 func (cn *conn) close() { _ = cn.nc.Close() }
 
+// authenticate runs the auth exchange on a new connection. The password
+// never reaches the caller inside an error: a server that echoes the
+// credentials back (a misconfigured or hostile endpoint) gets its message
+// masked.
 func (cn *conn) authenticate(ctx context.Context) error {
+	return redactSecret(cn.authExchange(ctx), cn.d.opts.Password)
+}
+
+func (cn *conn) authExchange(ctx context.Context) error {
 	r := getRequest()
 	defer putRequest(r)
 	r.op = opAuth

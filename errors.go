@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 )
 
 // Sentinel errors. Match them with errors.Is: the client may wrap them with
@@ -59,9 +60,23 @@ type ClientError struct {
 
 func (e *ClientError) Error() string { return "ermc: client error: " + e.Message }
 
-// Is lets errors.Is(err, ErrNonNumeric) match the text protocol's incr error.
+// Is lets errors.Is(err, ErrNonNumeric) match the text protocol's incr
+// error, and errors.Is(err, ErrAuth) match memcached's refusals under ASCII
+// authentication (-Y): "authentication failure" for bad credentials, and
+// on a connection that has not authenticated, "unauthenticated" for most
+// commands and "bad authentication token format" for a set (which such a
+// connection takes for an auth attempt).
 func (e *ClientError) Is(target error) bool {
-	return target == ErrNonNumeric && e.Message == "cannot increment or decrement non-numeric value"
+	switch target {
+	case ErrNonNumeric:
+		return e.Message == "cannot increment or decrement non-numeric value"
+	case ErrAuth:
+		switch e.Message {
+		case "unauthenticated", "authentication failure", "bad authentication token format":
+			return true
+		}
+	}
+	return false
 }
 
 // StatusError is a binary-protocol reply whose status code has no sentinel
@@ -119,12 +134,40 @@ func quoteBounded(b []byte) string {
 	return strconv.QuoteToASCII(string(b))
 }
 
-// boundedMessage turns a server's message into a string of bounded length.
+// boundedMessage turns a server's message into a string of at most
+// maxMessageInError bytes. Printable ASCII is kept as it is; control
+// characters, DEL and non-ASCII bytes are escaped as \xNN, so a message
+// cannot smuggle terminal escapes or line breaks into a log.
 func boundedMessage(b []byte) string {
-	if len(b) > maxMessageInError {
-		b = b[:maxMessageInError]
+	clean := true
+	for _, c := range b {
+		if c < ' ' || c >= 0x7f || c == '\\' {
+			clean = false
+			break
+		}
 	}
-	return string(b)
+	if clean {
+		if len(b) > maxMessageInError {
+			b = b[:maxMessageInError]
+		}
+		return string(b)
+	}
+	const hex = "0123456789abcdef"
+	out := make([]byte, 0, min(len(b), maxMessageInError))
+	for _, c := range b {
+		if c >= ' ' && c < 0x7f && c != '\\' {
+			if len(out)+1 > maxMessageInError {
+				break
+			}
+			out = append(out, c)
+			continue
+		}
+		if len(out)+4 > maxMessageInError {
+			break
+		}
+		out = append(out, '\\', 'x', hex[c>>4], hex[c&0xf])
+	}
+	return string(out)
 }
 
 // faultError marks a connectivity fault that ErrorAsMiss turned into a miss
@@ -145,3 +188,30 @@ func isConnFault(err error) bool {
 	var ce *ConnError
 	return errors.As(err, &ce)
 }
+
+// redactSecret keeps secret out of err's message. When the message holds
+// it (a server echoed the credentials into a reply, say), err is replaced
+// by an error whose message has every occurrence masked. errors.Is still
+// matches whatever err matched (ErrAuth, ErrProtocol, a net error...);
+// errors.As no longer reaches err's parts, since those carry the secret.
+func redactSecret(err error, secret string) error {
+	if err == nil || secret == "" {
+		return err
+	}
+	msg := err.Error()
+	if !strings.Contains(msg, secret) {
+		return err
+	}
+	return &redactedError{msg: strings.ReplaceAll(msg, secret, "[redacted]"), orig: err}
+}
+
+// redactedError is an error whose message had a secret masked.
+type redactedError struct {
+	msg  string
+	orig error
+}
+
+func (e *redactedError) Error() string { return e.msg }
+
+// Is matches what the original error matched, without exposing it.
+func (e *redactedError) Is(target error) bool { return errors.Is(e.orig, target) }

@@ -27,7 +27,7 @@ const (
 	opStats
 	opVersion
 	opAuth
-	opFence // Ultra: "mn", answered by "MN" after every earlier reply
+	opFence // Ultra: "version", answered after every earlier reply
 )
 
 // isStorage reports whether op sends a data block.

@@ -54,7 +54,7 @@ func appendTextRequest(dst []byte, r *request) []byte {
 		dst = append(dst, ' ')
 		dst = strconv.AppendUint(dst, uint64(r.flags), 10)
 		dst = append(dst, ' ')
-		dst = strconv.AppendInt(dst, r.exptime, 10)
+		dst = appendStorageExptime(dst, r.exptime)
 		dst = append(dst, ' ')
 		dst = strconv.AppendInt(dst, int64(len(r.value)), 10)
 		if r.op == opCAS {
@@ -91,11 +91,19 @@ func appendTextRequest(dst []byte, r *request) []byte {
 	case opVersion:
 		dst = append(dst, "version"...)
 	case opFence:
-		dst = append(dst, "mn"...)
+		// Not the meta no-op "mn": twemproxy does not know it and closes
+		// the connection. Every memcached and twemproxy 0.5 answer
+		// version, with one line that no noreply command's error starts
+		// with.
+		dst = append(dst, "version"...)
 	case opAuth:
 		// memcached's ASCII auth (-Y): a set of any key whose data is
-		// "username password".
-		dst = append(dst, "set _ 0 0 "...)
+		// "username password". The exptime is -1: a server without -Y,
+		// which takes this for an ordinary set, stores an item that has
+		// already expired, so the credentials are never readable from
+		// it; and twemproxy, which refuses negative exptimes, closes the
+		// connection instead of storing them on a backend.
+		dst = append(dst, "set _ 0 -1 "...)
 		dst = strconv.AppendInt(dst, int64(len(r.user)+1+len(r.pass)), 10)
 		dst = append(dst, crlf...)
 		dst = append(dst, r.user...)
@@ -103,6 +111,18 @@ func appendTextRequest(dst []byte, r *request) []byte {
 		dst = append(dst, r.pass...)
 	}
 	return append(dst, crlf...)
+}
+
+// appendStorageExptime writes a storage command's exptime. A negative one
+// ("already expired") goes out as an absolute time long past, which is
+// what memcached turns a negative exptime into itself (REALTIME_MAXDELTA
+// + 1): twemproxy refuses negative exptimes in storage commands and
+// closes the connection.
+func appendStorageExptime(dst []byte, exptime int64) []byte {
+	if exptime < 0 {
+		exptime = int64(binExpiredLongAgo)
+	}
+	return strconv.AppendInt(dst, exptime, 10)
 }
 
 func appendNoreply(dst []byte, noreply bool) []byte {
@@ -250,10 +270,10 @@ func (r *request) matchKey(key []byte) (int, bool) {
 // finishLine interprets a reply line that is not a VALUE header.
 func finishLine(r *request, line []byte) (done bool, err error) {
 	if r.op == opFence {
-		// Everything before MN answers earlier noreply commands, which
-		// asked for no reply: errors only, dropped here so they cannot
-		// be taken for the next request's reply.
-		return string(line) == "MN", nil
+		// Everything before the VERSION line answers earlier noreply
+		// commands, which asked for no reply: errors only, dropped here
+		// so they cannot be taken for the next request's reply.
+		return string(line) == "VERSION" || bytes.HasPrefix(line, []byte("VERSION ")), nil
 	}
 	switch {
 	case string(line) == "END":
@@ -276,6 +296,13 @@ func finishLine(r *request, line []byte) (done bool, err error) {
 		return false, nil
 	case bytes.HasPrefix(line, []byte("SERVER_ERROR")):
 		r.err = &ServerError{Message: boundedMessage(bytes.TrimPrefix(line[len("SERVER_ERROR"):], []byte{' '}))}
+		if r.op == opGetMulti {
+			// A multi-get cut short by an error: twemproxy closes the
+			// connection right after it (one key's server is down), and
+			// memcached stops the reply without END. Either way the
+			// connection is not worth keeping.
+			return true, errDiscardConn
+		}
 		return true, nil
 	case bytes.HasPrefix(line, []byte("CLIENT_ERROR")):
 		r.err = &ClientError{Message: boundedMessage(bytes.TrimPrefix(line[len("CLIENT_ERROR"):], []byte{' '}))}

@@ -155,11 +155,18 @@ func (ln *lane) parseBuffered() {
 		if !done {
 			break
 		}
-		ln.finishParse(cur)
 		if err == errDiscardConn {
-			ln.fail(nc, nil)
+			// The reply is valid but ends the connection (CLIENT_ERROR,
+			// ERROR): take the connection out of service before waking
+			// the caller, whose next request must not be written to it.
+			ln.mu.Lock()
+			ln.flight.pop()
+			cur.where = atCaller
+			ln.mu.Unlock()
+			ln.failAnswered(nc, nil, cur)
 			return
 		}
+		ln.finishParse(cur)
 	}
 	switch {
 	case ln.rpos == ln.rend:
@@ -292,25 +299,35 @@ func (ln *lane) complete(r *request, fault error) {
 // whose reply was cut included) completes with err, so no later reply can
 // reach the wrong request. Queued requests stay queued for a fresh
 // connection. Only the reader role calls it.
-func (ln *lane) fail(nc net.Conn, err error) {
-	nc.Close()
+func (ln *lane) fail(nc net.Conn, err error) { ln.failAnswered(nc, err, nil) }
+
+// failAnswered is fail for a connection whose last reply, to answered, was
+// read in full: answered completes without a fault once the lane has let
+// go of nc.
+func (ln *lane) failAnswered(nc net.Conn, err error, answered *request) {
 	if err == nil {
 		err = &ConnError{Op: "read", Addr: ln.u.d.addr, Err: errDiscardConn}
 	}
 	ln.mu.Lock()
-	if ln.nc != nc {
-		ln.mu.Unlock()
-		return
+	var failed []*request
+	if ln.nc == nc {
+		// Detach before closing: a writer whose write fails because of
+		// this close finds nc out of service and does not record "use of
+		// closed network connection" as the cause.
+		ln.nc = nil
+		if ln.closeCause != nil {
+			err, ln.closeCause = ln.closeCause, nil
+		}
+		failed = takeAll(nil, &ln.flight)
+		ln.inflightBytes = 0
+		ln.rpos, ln.rend = 0, 0
 	}
-	ln.nc = nil
-	if ln.closeCause != nil {
-		err, ln.closeCause = ln.closeCause, nil
-	}
-	failed := takeAll(nil, &ln.flight)
-	ln.inflightBytes = 0
-	ln.rpos, ln.rend = 0, 0
 	ln.mu.Unlock()
+	nc.Close()
 	ln.signalSpace()
+	if answered != nil {
+		ln.complete(answered, nil)
+	}
 	for _, r := range failed {
 		ln.complete(r, err)
 	}
