@@ -69,7 +69,11 @@ func (rep *Report) Chart(m Machine) []byte {
 		fmt.Fprintf(&b, `<text x="%d" y="%d" font-size="%d" text-anchor="%s" font-weight="%s">%s</text>`+"\n", x, y, size, anchor, weight, html.EscapeString(s))
 	}
 	text(10, 24, 18, "start", "bold", "ermc vs gomemcache: median ops/s per client and workload (higher is better)")
-	text(10, 44, 11, "start", "normal", fmt.Sprintf("%d rounds × %v per measurement, clients alternated; %s", o.Rounds, o.Duration, m))
+	sub := fmt.Sprintf("%s × %v per measurement, clients alternated; %s", plural(o.Rounds, "round"), o.Duration, m)
+	if m.LoadAvg != "" {
+		sub += "; load average at start " + m.LoadAvg
+	}
+	text(10, 44, 11, "start", "normal", sub)
 	text(10, 60, 11, "start", "normal", "Bar length: ops/s relative to the fastest client of the same workload (linear). Label: median ops/s, and ops/s ÷ gomemcache's.")
 	x := 10
 	for _, c := range legend {

@@ -22,6 +22,7 @@ type Machine struct {
 	OSArch     string
 	Kernel     string
 	Memcached  string // version the server reports; "" when none was used
+	LoadAvg    string // /proc/loadavg's 1, 5 and 15 minute averages when described
 }
 
 // DescribeMachine gathers Machine; addr, when set, is asked for its
@@ -37,6 +38,7 @@ func DescribeMachine(addr string) Machine {
 	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		m.Kernel = strings.TrimSpace(string(b))
 	}
+	m.LoadAvg = LoadAvg()
 	if addr != "" {
 		if c, err := ermc.New(addr, ermc.Options{}); err == nil {
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
@@ -48,6 +50,19 @@ func DescribeMachine(addr string) Machine {
 		}
 	}
 	return m
+}
+
+// LoadAvg returns the 1, 5 and 15 minute load averages, or "".
+func LoadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return ""
+	}
+	return strings.Join(f[:3], " ")
 }
 
 func cpuModel() string {
@@ -76,6 +91,13 @@ func (m Machine) String() string {
 		s += ", memcached " + m.Memcached
 	}
 	return s
+}
+
+func plural(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
 }
 
 // TransportTitle names a transport in reports.
@@ -148,13 +170,17 @@ func (rep *Report) Markdown(m Machine, command, chart string) string {
 	var b strings.Builder
 	b.WriteString("# ermc vs gomemcache\n\n")
 	fmt.Fprintf(&b, "Produced by `%s` on %s in %s.\n\n", command, rep.Started.UTC().Format("2006-01-02 15:04 MST"), rep.Took.Round(time.Second))
-	fmt.Fprintf(&b, "Machine: %s.\n\n", m)
-	fmt.Fprintf(&b, "Medians over %d rounds; in each round every client runs each workload once for %v (after a %v warm-up), "+
+	fmt.Fprintf(&b, "Machine: %s.", m)
+	if m.LoadAvg != "" {
+		fmt.Fprintf(&b, " Load average (1, 5, 15 min) at the start: %s; at the end: %s.", m.LoadAvg, rep.LoadAfter)
+	}
+	b.WriteString("\n\n")
+	fmt.Fprintf(&b, "Medians over %s; in each round every client runs each workload once for %v (after a %v warm-up), "+
 		"clients in an order rotated every round. allocs/op and B/op are runtime.MemStats deltas (Mallocs, TotalAlloc) over the "+
 		"measurement divided by its ops. \"vs gomemcache\" is the median of the per-round ratios of ops/s. "+
 		"lz4 workloads use a compression threshold of %d bytes; the in-memory transport runs in %q mode. "+
 		"Method and fairness notes: bench/README.md.\n\n",
-		o.Rounds, o.Duration, o.Warmup, o.CompressThreshold, o.MemMode)
+		plural(o.Rounds, "round"), o.Duration, o.Warmup, o.CompressThreshold, o.MemMode)
 	if chart != "" {
 		fmt.Fprintf(&b, "![ops/s per client and workload](%s)\n\n", chart)
 	}

@@ -118,6 +118,8 @@ type Report struct {
 	Results []Result // transport, workload, client order
 	Started time.Time
 	Took    time.Duration
+	// LoadAfter is the load average when the run ended.
+	LoadAfter string
 }
 
 // Result returns the result of one client on one workload, or nil.
@@ -247,6 +249,7 @@ func Run(opts Options) (*Report, error) {
 	}
 	rep.summarize()
 	rep.Took = time.Since(rep.Started)
+	rep.LoadAfter = LoadAvg()
 	return rep, nil
 }
 
