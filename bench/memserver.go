@@ -9,7 +9,7 @@ import (
 // MemStore is a tiny in-memory memcached for the in-memory transport: the
 // text protocol subset the clients under test send (get, gets, gat, set,
 // add, replace, append, prepend, cas, delete, incr, decr, touch, mn,
-// version, flush_all). It keeps each item's replies precomputed, and
+// version, flush_all). It keeps each item's VALUE lines precomputed, and
 // rewrites items in place, so that answering allocates nothing in steady
 // state: allocations the runner measures stay the client's own.
 type MemStore struct {
@@ -22,9 +22,9 @@ type memItem struct {
 	flags uint32
 	cas   uint64
 	data  []byte
-	// The item's VALUE block as get and gets answer it, data and its CRLF
-	// included.
-	rget, rgets []byte
+	// The VALUE lines get and gets answer with, CRLF included; the data
+	// and its CRLF follow them.
+	hget, hgets []byte
 }
 
 // NewMemStore returns an empty store.
@@ -42,12 +42,21 @@ func (it *memItem) render(key []byte) {
 			dst = append(dst, ' ')
 			dst = strconv.AppendUint(dst, it.cas, 10)
 		}
-		dst = append(dst, "\r\n"...)
-		dst = append(dst, it.data...)
 		return append(dst, "\r\n"...)
 	}
-	it.rget = hdr(it.rget[:0], false)
-	it.rgets = hdr(it.rgets[:0], true)
+	it.hget = hdr(it.hget[:0], false)
+	it.hgets = hdr(it.hgets[:0], true)
+}
+
+// appendValue appends the item's VALUE block to out.
+func (it *memItem) appendValue(out []byte, withCAS bool) []byte {
+	if withCAS {
+		out = append(out, it.hgets...)
+	} else {
+		out = append(out, it.hget...)
+	}
+	out = append(out, it.data...)
+	return append(out, "\r\n"...)
 }
 
 // responder parses requests for one connection and appends the replies.
@@ -235,11 +244,7 @@ func (s *MemStore) retrieve(out, keys []byte, withCAS bool) []byte {
 			break
 		}
 		if it, ok := s.items[string(key)]; ok {
-			if withCAS {
-				out = append(out, it.rgets...)
-			} else {
-				out = append(out, it.rget...)
-			}
+			out = it.appendValue(out, withCAS)
 		}
 	}
 	s.mu.RUnlock()
