@@ -137,11 +137,30 @@ func fmtRatio(x float64) string {
 	return fmt.Sprintf("%.2f×", x)
 }
 
+// spread is the lowest and highest ops/s of the samples.
+func spread(samples []Sample) string {
+	if len(samples) == 0 {
+		return "-"
+	}
+	lo, hi := math.Inf(1), math.Inf(-1)
+	for _, s := range samples {
+		x := 0.0
+		if s.Ops > 0 {
+			x = s.OpsPerSec()
+		}
+		lo, hi = min(lo, x), max(hi, x)
+	}
+	if len(samples) == 1 {
+		return Human(lo)
+	}
+	return Human(lo) + " – " + Human(hi)
+}
+
 // Table writes the markdown table of one transport's medians.
 func (rep *Report) Table(tr string) string {
 	var b strings.Builder
-	b.WriteString("| workload | client | ops/s | ns/op | allocs/op | B/op | ops/s vs gomemcache |\n")
-	b.WriteString("|---|---|---:|---:|---:|---:|---:|\n")
+	b.WriteString("| workload | client | ops/s | ns/op | allocs/op | B/op | ops/s vs gomemcache | ops/s range over rounds |\n")
+	b.WriteString("|---|---|---:|---:|---:|---:|---:|---:|\n")
 	last := ""
 	for _, r := range rep.Results {
 		if r.Transport != tr {
@@ -157,8 +176,8 @@ func (rep *Report) Table(tr string) string {
 		if r.Errors > 0 {
 			client += fmt.Sprintf(" (%d errors)", r.Errors)
 		}
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s |\n", wl, client,
-			Human(r.OpsPerSec), fmtNum(r.NsPerOp), fmtAllocs(r.AllocsPerOp), fmtNum(r.BytesPerOp), fmtRatio(r.Ratio))
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s |\n", wl, client,
+			Human(r.OpsPerSec), fmtNum(r.NsPerOp), fmtAllocs(r.AllocsPerOp), fmtNum(r.BytesPerOp), fmtRatio(r.Ratio), spread(r.Samples))
 	}
 	return b.String()
 }
@@ -177,7 +196,7 @@ func (rep *Report) Markdown(m Machine, command, chart string) string {
 	b.WriteString("\n\n")
 	fmt.Fprintf(&b, "Medians over %s; in each round every client runs each workload once for %v (after a %v warm-up), "+
 		"clients in an order rotated every round. allocs/op and B/op are runtime.MemStats deltas (Mallocs, TotalAlloc) over the "+
-		"measurement divided by its ops. \"vs gomemcache\" is the median of the per-round ratios of ops/s. "+
+		"measurement divided by its ops. \"vs gomemcache\" is the median of the per-round ratios of ops/s; the range shows how much the rounds disagreed. "+
 		"lz4 workloads use a compression threshold of %d bytes; the in-memory transport runs in %q mode. "+
 		"Method and fairness notes: bench/README.md.\n\n",
 		plural(o.Rounds, "round"), o.Duration, o.Warmup, o.CompressThreshold, o.MemMode)
