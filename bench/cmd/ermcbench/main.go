@@ -61,6 +61,18 @@ func fatalf(format string, args ...any) {
 	os.Exit(1)
 }
 
+// shellArgs is the command line's arguments as a shell would need them.
+func shellArgs() string {
+	var out []string
+	for _, a := range os.Args[1:] {
+		if a == "" || strings.ContainsAny(a, " \t\n'\"\\$`*?[]{}()<>|&;#~!") {
+			a = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+		}
+		out = append(out, a)
+	}
+	return strings.Join(out, " ")
+}
+
 func splitList(s string) []string {
 	var out []string
 	for _, f := range strings.Split(s, ",") {
@@ -121,7 +133,7 @@ func main() {
 	}
 	began := time.Now()
 	if *command == "" {
-		*command = "go run ./cmd/ermcbench " + strings.Join(os.Args[1:], " ")
+		*command = "go run ./cmd/ermcbench " + shellArgs()
 	}
 	server := "the memcached at " + *addr + " (-addr or ERMC_BENCH_ADDR)"
 	if *addr == "" {
@@ -283,7 +295,7 @@ func writeProfilesReadme(dir string, m bench.Machine, server string, svgs []svgS
 	b.WriteString("# Profiles of ermc\n\n")
 	b.WriteString("Generated files: do not edit; regenerate with `make profile` (profiles only) or `make bench` (profiles, table and chart).\n\n")
 	fmt.Fprintf(&b, "These files were produced by `%s` on %s, which ran\n\n", *command, time.Now().UTC().Format("2006-01-02 15:04 MST"))
-	fmt.Fprintf(&b, "    cd bench && go run ./cmd/ermcbench %s\n\n", strings.Join(os.Args[1:], " "))
+	fmt.Fprintf(&b, "    cd bench && go run ./cmd/ermcbench %s\n\n", shellArgs())
 	fmt.Fprintf(&b, "against %s, on this machine:\n\n", server)
 	fmt.Fprintf(&b, "- `nproc`: %d (GOMAXPROCS %d)\n", m.NumCPU, m.GOMAXPROCS)
 	fmt.Fprintf(&b, "- CPU (/proc/cpuinfo model name): %s\n", m.CPUModel)
