@@ -74,7 +74,7 @@ func (rep *Report) Chart(m Machine) []byte {
 		sub += "; load average at start " + m.LoadAvg
 	}
 	text(10, 44, 11, "start", "normal", sub)
-	text(10, 60, 11, "start", "normal", "Bar length: ops/s relative to the fastest client of the same workload (linear). Label: median ops/s, and ops/s ÷ gomemcache's.")
+	text(10, 60, 11, "start", "normal", "Bar length: median ops/s relative to the fastest client of the same workload (linear). Label: median ops/s, and the median over rounds of ops/s ÷ gomemcache's in the same round.")
 	x := 10
 	for _, c := range legend {
 		fmt.Fprintf(&b, `<rect x="%d" y="70" width="14" height="14" fill="%s"/>`+"\n", x, colors[c])
