@@ -56,8 +56,12 @@ func envDuration(name string, def time.Duration) time.Duration {
 	return def
 }
 
+// stopServer stops the memcached ermcbench started, if any.
+var stopServer = func() {}
+
 func fatalf(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "ermcbench: "+format+"\n", args...)
+	stopServer() // os.Exit skips deferred calls
 	os.Exit(1)
 }
 
@@ -141,6 +145,7 @@ func main() {
 		if err != nil {
 			fatalf("%v", err)
 		}
+		stopServer = stop
 		defer stop()
 		*addr = a
 		server = "a throwaway memcached it started on " + a
