@@ -27,10 +27,22 @@ lint:
 	@test -z "$$(gofmt -l . | tee /dev/stderr)" || (echo "gofmt: files above need formatting" && exit 1)
 	$(GO) vet ./...
 
-# bench: the package's own benchmarks, each driver against a memcached the
-# benchmark starts on a free loopback port.
+# bench: ermc (text, binary, ultra) against gomemcache on a throwaway
+# memcached on a free loopback port (or ERMC_BENCH_ADDR) and over an
+# in-memory responder, clients alternated round by round. Prints the table
+# of medians and writes bench/results.md, bench/chart.svg (and .png), and
+# ermc's CPU and allocation profiles into profiles/. Tune with BENCH_ROUNDS
+# (3), BENCH_TIME (500ms per measurement), BENCH_WORKLOADS, BENCH_TRANSPORTS;
+# see bench/README.md.
 bench: deps
-	$(GO) test -run '^$$' -bench . -benchmem -count 1 .
+	@sh bench/install-tools.sh
+	cd bench && $(GO) run ./cmd/ermcbench -cmd "make bench" -out results.md -chart chart.svg -profiles ../profiles
+
+# profile: only ermc's CPU and allocation profiles (and their call graphs)
+# into profiles/; BENCH_PROFILE_TIME (3s) per workload.
+profile: deps
+	@sh bench/install-tools.sh
+	cd bench && $(GO) run ./cmd/ermcbench -cmd "make profile" -only-profiles -profiles ../profiles
 
 fuzz:
 	@echo "fuzz targets land with the fuzzing issue"

@@ -1,119 +1,133 @@
 package bench
 
 import (
-	"fmt"
 	"os"
 	"runtime"
-	"strings"
+	"sync/atomic"
 	"testing"
 )
 
-var serverAddr string
+// serverAddr is the memcached the tests and benchmarks use: ERMC_BENCH_ADDR,
+// or one started by TestMain; empty when memcached is not installed (the
+// tests that need it skip).
+var (
+	serverAddr string
+	serverErr  error
+)
 
 func TestMain(m *testing.M) {
 	serverAddr = os.Getenv("ERMC_BENCH_ADDR")
 	if serverAddr == "" {
 		addr, stop, err := StartMemcached()
 		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
+			serverErr = err
+		} else {
+			serverAddr = addr
+			code := m.Run()
+			stop()
+			os.Exit(code)
 		}
-		serverAddr = addr
-		code := m.Run()
-		stop()
-		os.Exit(code)
 	}
 	os.Exit(m.Run())
 }
 
-func forEachClient(b *testing.B, fn func(b *testing.B, c Client)) {
+func needServer(tb testing.TB) {
+	tb.Helper()
+	if serverAddr == "" {
+		if os.Getenv("CI") == "true" {
+			tb.Fatalf("no memcached: %v", serverErr)
+		}
+		tb.Skipf("no memcached: %v", serverErr)
+	}
+}
+
+// benchWorkload runs one workload of the runner as a testing.B benchmark
+// on every client over loopback TCP: b.N ops spread over the workload's
+// goroutines, each with its own Worker.
+func benchWorkload(b *testing.B, name string) {
+	needServer(b)
+	wl, ok := WorkloadByName(name)
+	if !ok {
+		b.Fatalf("no workload %q", name)
+	}
 	for _, mk := range Makers() {
 		b.Run(mk.Name, func(b *testing.B) {
-			c, err := mk.New(serverAddr)
+			cfg := Config{Addr: serverAddr}
+			if wl.Compress {
+				cfg.CompressThreshold = 100
+			}
+			c, err := mk.New(cfg)
 			if err != nil {
-				b.Skip(err)
+				b.Fatal(err)
 			}
 			defer c.Close()
-			fn(b, c)
+			runWorkload(b, c, wl, "gotest:"+mk.Name+":"+wl.Name+":")
 		})
 	}
 }
 
-// parallel runs op on goroutines goroutines (rounded to a multiple of
-// GOMAXPROCS, as testing.B's SetParallelism does).
-func parallel(b *testing.B, goroutines int, op func(i int) error) {
+func runWorkload(b *testing.B, c Client, wl Workload, prefix string) {
+	inst := wl.New(prefix, wl.Goroutines)
+	workers := make([]Worker, wl.Goroutines)
+	for i := range workers {
+		workers[i] = c.NewWorker()
+	}
+	if err := inst.Prepare(workers[0]); err != nil {
+		b.Fatal(err)
+	}
+	// One untimed op per worker: connections dialled, buffers grown.
+	for g, w := range workers {
+		if err := inst.Op(w, g); err != nil {
+			b.Fatal(err)
+		}
+	}
 	b.ReportAllocs()
-	if goroutines == 1 {
-		b.ResetTimer()
+	b.ResetTimer()
+	if wl.Goroutines == 1 {
 		for i := 0; i < b.N; i++ {
-			if err := op(i); err != nil {
+			if err := inst.Op(workers[0], 0); err != nil {
 				b.Fatal(err)
 			}
 		}
 		return
 	}
-	b.SetParallelism(max(1, goroutines/runtime.GOMAXPROCS(0)))
-	b.ResetTimer()
+	// RunParallel starts GOMAXPROCS*p goroutines: ask for at least
+	// wl.Goroutines and hand each its own worker.
+	p := (wl.Goroutines + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0)
+	for len(workers) < p*runtime.GOMAXPROCS(0) {
+		workers = append(workers, c.NewWorker())
+	}
+	b.SetParallelism(p)
+	var next atomic.Int32
 	b.RunParallel(func(pb *testing.PB) {
-		i := 0
+		g := int(next.Add(1)-1) % wl.Goroutines
+		w := workers[g]
 		for pb.Next() {
-			if err := op(i); err != nil {
+			if err := inst.Op(w, g); err != nil {
 				b.Error(err)
 				return
 			}
-			i++
 		}
 	})
 }
 
-var value100 = []byte(strings.Repeat("v", 100))
+func BenchmarkGet100B_1(b *testing.B)   { benchWorkload(b, "Get100B/1g") }
+func BenchmarkGet100B_64(b *testing.B)  { benchWorkload(b, "Get100B/64g") }
+func BenchmarkSet100B_1(b *testing.B)   { benchWorkload(b, "Set100B/1g") }
+func BenchmarkSet100B_64(b *testing.B)  { benchWorkload(b, "Set100B/64g") }
+func BenchmarkGetMulti100(b *testing.B) { benchWorkload(b, "GetMulti100/1g") }
+func BenchmarkGet64KiB(b *testing.B)    { benchWorkload(b, "Get64KiB/1g") }
 
-func benchGet(b *testing.B, goroutines int, value []byte) {
-	forEachClient(b, func(b *testing.B, c Client) {
-		key := fmt.Sprintf("get-%d", len(value))
-		if err := c.Set(key, value); err != nil {
-			b.Fatal(err)
+// BenchmarkPyermc runs pyermc's benchmark workloads (Set then Get).
+func BenchmarkPyermc(b *testing.B) {
+	for _, wl := range Workloads() {
+		if wl.Goroutines != 1 || !isSetGet(wl.Name) {
+			continue
 		}
-		parallel(b, goroutines, func(int) error {
-			var buf [128]byte
-			v, err := c.Get(key, buf[:0])
-			if err == nil && len(v) != len(value) {
-				err = fmt.Errorf("got %d bytes", len(v))
-			}
-			return err
-		})
-	})
-}
-
-func BenchmarkGet100B_1(b *testing.B)  { benchGet(b, 1, value100) }
-func BenchmarkGet100B_64(b *testing.B) { benchGet(b, 64, value100) }
-
-func benchSet(b *testing.B, goroutines int) {
-	forEachClient(b, func(b *testing.B, c Client) {
-		parallel(b, goroutines, func(i int) error { return c.Set("set-100", value100) })
-	})
-}
-
-func BenchmarkSet100B_1(b *testing.B)  { benchSet(b, 1) }
-func BenchmarkSet100B_64(b *testing.B) { benchSet(b, 64) }
-
-func BenchmarkGetMulti100(b *testing.B) {
-	keys := make([]string, 100)
-	for i := range keys {
-		keys[i] = fmt.Sprintf("multi-%03d", i)
+		b.Run(wl.Name, func(b *testing.B) { benchWorkload(b, wl.Name) })
 	}
-	forEachClient(b, func(b *testing.B, c Client) {
-		for _, k := range keys {
-			if err := c.Set(k, value100); err != nil {
-				b.Fatal(err)
-			}
-		}
-		parallel(b, 1, func(int) error {
-			n, err := c.GetMulti(keys)
-			if err == nil && n != len(keys) {
-				err = fmt.Errorf("%d hits", n)
-			}
-			return err
-		})
-	})
+}
+
+func isSetGet(name string) bool {
+	return len(name) > 7 && name[len(name)-7:] == "/SetGet"
 }

@@ -5,26 +5,56 @@ package bench
 
 import (
 	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
 	"time"
 
 	"github.com/bradfitz/gomemcache/memcache"
 	"github.com/ermc-go/ermc"
+	"github.com/pierrec/lz4/v4"
 )
 
-// Client is the part of a memcache client the workloads use, so every
-// workload is written once and run on every client alike.
+// Client is one configured memcache client under test. A workload runs on
+// one Worker per goroutine, so the adapters keep per-goroutine scratch
+// (buffers, counters) there and allocate nothing the library does not.
 type Client interface {
-	Get(key string, dst []byte) ([]byte, error)
-	Set(key string, value []byte) error
-	GetMulti(keys []string) (hits int, err error)
+	NewWorker() Worker
 	Close()
 }
 
-// Maker builds a fresh client for a server address.
+// Worker is the part of a client's API the workloads use, bound to one
+// goroutine. Slices it returns are valid until its next call.
+type Worker interface {
+	Get(key string) ([]byte, error)
+	Set(key string, value []byte) error
+	GetMulti(keys []string) (hits int, err error)
+	SetInt(key string, n int64) error
+	GetInt(key string) (int64, error)
+	SetObject(key string, v any) error
+	GetObject(key string, v any) error
+}
+
+// Config is what a Maker needs to build a client.
+type Config struct {
+	Addr string
+	// CompressThreshold: 0 never compresses; else values longer than it
+	// are lz4-compressed (python-lz4 block format), kept only if smaller.
+	CompressThreshold int
+	// DialContext replaces the TCP dialer (the in-memory transport).
+	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
+// Maker builds a fresh client.
 type Maker struct {
 	Name string
-	New  func(addr string) (Client, error)
+	New  func(cfg Config) (Client, error)
 }
+
+// Timeout is the I/O timeout every client is configured with.
+const Timeout = 3 * time.Second
 
 // Makers lists the clients under comparison: gomemcache first, as the
 // baseline every ratio is taken against.
@@ -37,43 +67,31 @@ func Makers() []Maker {
 	}
 }
 
-type gomemcacheClient struct{ c *memcache.Client }
-
-func newGomemcache(addr string) (Client, error) {
-	c := memcache.New(addr)
-	// Its best configuration for many goroutines: enough idle connections
-	// that it does not redial under load, and the same timeout as ermc.
-	c.MaxIdleConns = 64
-	c.Timeout = 3 * time.Second
-	return gomemcacheClient{c}, nil
-}
-
-func (g gomemcacheClient) Get(key string, dst []byte) ([]byte, error) {
-	it, err := g.c.Get(key)
-	if err != nil {
-		return dst, err
+// MakerByName returns the maker called name.
+func MakerByName(name string) (Maker, bool) {
+	for _, m := range Makers() {
+		if m.Name == name {
+			return m, true
+		}
 	}
-	return append(dst, it.Value...), nil
+	return Maker{}, false
 }
 
-func (g gomemcacheClient) Set(key string, value []byte) error {
-	return g.c.Set(&memcache.Item{Key: key, Value: value})
-}
-
-func (g gomemcacheClient) GetMulti(keys []string) (int, error) {
-	m, err := g.c.GetMulti(keys)
-	return len(m), err
-}
-
-func (g gomemcacheClient) Close() { _ = g.c.Close() }
-
-type ermcClient struct{ c *ermc.Client }
+// ---- ermc ----
 
 var bg = context.Background()
 
-func ermcMaker(p ermc.Protocol) func(string) (Client, error) {
-	return func(addr string) (Client, error) {
-		c, err := ermc.New(addr, ermc.Options{Protocol: p})
+type ermcClient struct{ c *ermc.Client }
+
+func ermcMaker(p ermc.Protocol) func(Config) (Client, error) {
+	return func(cfg Config) (Client, error) {
+		c, err := ermc.New(cfg.Addr, ermc.Options{
+			Protocol:          p,
+			Timeout:           Timeout,
+			ConnectTimeout:    Timeout,
+			CompressThreshold: cfg.CompressThreshold,
+			DialContext:       cfg.DialContext,
+		})
 		if err != nil {
 			return nil, err
 		}
@@ -81,14 +99,235 @@ func ermcMaker(p ermc.Protocol) func(string) (Client, error) {
 	}
 }
 
-func (e ermcClient) Get(key string, dst []byte) ([]byte, error) { return e.c.Get(bg, key, dst) }
+func (e ermcClient) Close() { _ = e.c.Close() }
 
-func (e ermcClient) Set(key string, value []byte) error { return e.c.Set(bg, key, value, 0) }
-
-func (e ermcClient) GetMulti(keys []string) (int, error) {
-	hits := 0
-	err := e.c.GetMulti(bg, keys, func(int, []byte) { hits++ })
-	return hits, err
+func (e ermcClient) NewWorker() Worker {
+	w := &ermcWorker{c: e.c, buf: make([]byte, 0, 256)}
+	w.onHit = w.countHit // one method value per worker, not one closure per call
+	return w
 }
 
-func (e ermcClient) Close() { _ = e.c.Close() }
+type ermcWorker struct {
+	c     *ermc.Client
+	buf   []byte // Get's dst, reused; keeps whatever capacity Get grew it to
+	hits  int
+	onHit func(int, []byte)
+}
+
+func (w *ermcWorker) countHit(int, []byte) { w.hits++ }
+
+func (w *ermcWorker) Get(key string) ([]byte, error) {
+	v, err := w.c.Get(bg, key, w.buf[:0])
+	if err != nil {
+		return nil, err
+	}
+	w.buf = v[:0]
+	return v, nil
+}
+
+func (w *ermcWorker) Set(key string, value []byte) error { return w.c.Set(bg, key, value, 0) }
+
+func (w *ermcWorker) GetMulti(keys []string) (int, error) {
+	w.hits = 0
+	err := w.c.GetMulti(bg, keys, w.onHit)
+	return w.hits, err
+}
+
+func (w *ermcWorker) SetInt(key string, n int64) error { return w.c.SetInt(bg, key, n, 0) }
+
+func (w *ermcWorker) GetInt(key string) (int64, error) { return w.c.GetInt(bg, key) }
+
+func (w *ermcWorker) SetObject(key string, v any) error { return w.c.SetObject(bg, key, v, 0) }
+
+func (w *ermcWorker) GetObject(key string, v any) error { return w.c.GetObject(bg, key, v) }
+
+// ---- gomemcache ----
+
+// Flag bits shared with ermc and python-memcached, so both clients store
+// the same bytes.
+const (
+	flagEncoded    = 1
+	flagInteger    = 2
+	flagCompressed = 8
+)
+
+type gomemcacheClient struct {
+	c         *memcache.Client
+	threshold int
+}
+
+func newGomemcache(cfg Config) (Client, error) {
+	c := memcache.New(cfg.Addr)
+	// Its best configuration for many goroutines: enough idle connections
+	// that it does not redial under load, and the same timeout as ermc.
+	c.MaxIdleConns = 64
+	c.Timeout = Timeout
+	c.DialContext = cfg.DialContext
+	return gomemcacheClient{c, cfg.CompressThreshold}, nil
+}
+
+func (g gomemcacheClient) Close() { _ = g.c.Close() }
+
+func (g gomemcacheClient) NewWorker() Worker {
+	return &gomemcacheWorker{c: g.c, threshold: g.threshold}
+}
+
+// gomemcacheWorker gives gomemcache what ermc has built in, done the way a
+// careful user would: lz4 in python-lz4 block format above the threshold
+// (with a reused compressor and buffers), flag bits for typed values.
+type gomemcacheWorker struct {
+	c         *memcache.Client
+	threshold int
+	item      memcache.Item // reused: gomemcache does not keep it
+	zbuf      []byte        // compressed value on Set
+	dbuf      []byte        // decompressed value on Get
+	num       [24]byte
+	lz        lz4.Compressor
+}
+
+func (w *gomemcacheWorker) set(key string, value []byte, flags uint32) error {
+	if w.threshold > 0 && len(value) > w.threshold {
+		if packed, ok := w.compress(value); ok {
+			value, flags = packed, flags|flagCompressed
+		}
+	}
+	w.item = memcache.Item{Key: key, Value: value, Flags: flags}
+	err := w.c.Set(&w.item)
+	w.item.Value = nil
+	return err
+}
+
+// compress writes value in python-lz4 block format (4-byte little-endian
+// original length, then one raw LZ4 block) into zbuf; ok is false when
+// that is not smaller than value (then the value is stored raw, as ermc does).
+func (w *gomemcacheWorker) compress(value []byte) ([]byte, bool) {
+	need := 4 + lz4.CompressBlockBound(len(value))
+	if cap(w.zbuf) < need {
+		w.zbuf = make([]byte, need)
+	}
+	buf := w.zbuf[:need]
+	binary.LittleEndian.PutUint32(buf, uint32(len(value)))
+	n, err := w.lz.CompressBlock(value, buf[4:])
+	if err != nil || n == 0 || 4+n >= len(value) {
+		return nil, false
+	}
+	return buf[:4+n], true
+}
+
+func (w *gomemcacheWorker) get(key string) ([]byte, uint32, error) {
+	it, err := w.c.Get(key)
+	if err != nil {
+		return nil, 0, err
+	}
+	if it.Flags&flagCompressed == 0 {
+		return it.Value, it.Flags, nil
+	}
+	if len(it.Value) < 4 {
+		return nil, 0, errors.New("compressed value without length prefix")
+	}
+	size := int(binary.LittleEndian.Uint32(it.Value))
+	if size > 1_000_000 {
+		return nil, 0, fmt.Errorf("compressed value declares %d bytes", size)
+	}
+	if cap(w.dbuf) < size {
+		w.dbuf = make([]byte, size)
+	}
+	n, err := lz4.UncompressBlock(it.Value[4:], w.dbuf[:size])
+	if err != nil || n != size {
+		return nil, 0, fmt.Errorf("lz4 block does not decode to %d bytes: %v", size, err)
+	}
+	return w.dbuf[:size], it.Flags, nil
+}
+
+func (w *gomemcacheWorker) Get(key string) ([]byte, error) {
+	v, _, err := w.get(key)
+	return v, err
+}
+
+func (w *gomemcacheWorker) Set(key string, value []byte) error { return w.set(key, value, 0) }
+
+func (w *gomemcacheWorker) GetMulti(keys []string) (int, error) {
+	m, err := w.c.GetMulti(keys)
+	return len(m), err
+}
+
+func (w *gomemcacheWorker) SetInt(key string, n int64) error {
+	return w.set(key, appendInt(w.num[:0], n), flagInteger)
+}
+
+func (w *gomemcacheWorker) GetInt(key string) (int64, error) {
+	v, _, err := w.get(key)
+	if err != nil {
+		return 0, err
+	}
+	return parseInt(v)
+}
+
+func (w *gomemcacheWorker) SetObject(key string, v any) error {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return w.set(key, data, flagEncoded)
+}
+
+func (w *gomemcacheWorker) GetObject(key string, v any) error {
+	data, flags, err := w.get(key)
+	if err != nil {
+		return err
+	}
+	if flags&flagEncoded == 0 {
+		return fmt.Errorf("%s: not an encoded object (flags %d)", key, flags)
+	}
+	return json.Unmarshal(data, v)
+}
+
+// appendInt and parseInt are the decimal conversions for the gomemcache
+// side, written so that they never allocate (strconv.ParseInt(string(b))
+// would, for the string), keeping the adapter's own cost out of the numbers.
+func appendInt(dst []byte, n int64) []byte {
+	var tmp [20]byte
+	i := len(tmp)
+	u := uint64(n)
+	if n < 0 {
+		u = uint64(-n)
+	}
+	for {
+		i--
+		tmp[i] = byte('0' + u%10)
+		u /= 10
+		if u == 0 {
+			break
+		}
+	}
+	if n < 0 {
+		dst = append(dst, '-')
+	}
+	return append(dst, tmp[i:]...)
+}
+
+var errNotInteger = errors.New("value is not an integer")
+
+func parseInt(b []byte) (int64, error) {
+	for len(b) > 0 && b[len(b)-1] == ' ' {
+		b = b[:len(b)-1]
+	}
+	neg := false
+	if len(b) > 0 && b[0] == '-' {
+		neg, b = true, b[1:]
+	}
+	if len(b) == 0 || len(b) > 19 {
+		return 0, errNotInteger
+	}
+	var n int64
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, errNotInteger
+		}
+		n = n*10 + int64(c-'0')
+	}
+	if neg {
+		n = -n
+	}
+	return n, nil
+}
