@@ -112,6 +112,9 @@ type conn struct {
 	rpos, rend int
 	wbuf       []byte
 	interrupt  func() // method value made once: context.AfterFunc callback
+	// deadlineSet is the deadline last given to nc, so that a request whose
+	// deadline did not move (same coarse clock tick) skips the call.
+	deadlineSet time.Time
 }
 
 func newConn(nc net.Conn, d *dialer) *conn {
@@ -165,16 +168,24 @@ func authError(err error) error {
 	return &faultError{as: ErrAuth, fault: err}
 }
 
-// deadline is the sooner of the per-request Timeout and the context's.
+// deadline is the sooner of the per-request Timeout (on the coarse clock)
+// and the context's.
 func (cn *conn) deadline(ctx context.Context) time.Time {
-	var dl time.Time
-	if t := cn.d.opts.Timeout; t > 0 {
-		dl = time.Now().Add(t)
-	}
+	dl := deadlineAfter(cn.d.opts.Timeout)
 	if cd, ok := ctx.Deadline(); ok && (dl.IsZero() || cd.Before(dl)) {
 		dl = cd
 	}
 	return dl
+}
+
+// setDeadline sets the connection's deadline when it moved: on the coarse
+// clock it moves once per tick, not once per request.
+func (cn *conn) setDeadline(dl time.Time) error {
+	if dl.Equal(cn.deadlineSet) && !cn.deadlineSet.IsZero() {
+		return nil
+	}
+	cn.deadlineSet = dl
+	return cn.nc.SetDeadline(dl)
 }
 
 // roundTrip sends r and reads its reply. A nil error means the connection
@@ -183,7 +194,7 @@ func (cn *conn) deadline(ctx context.Context) time.Time {
 // must be closed; errDiscardConn means the outcome in r.err is valid but the
 // connection must still be closed.
 func (cn *conn) roundTrip(ctx context.Context, r *request) error {
-	if err := cn.nc.SetDeadline(cn.deadline(ctx)); err != nil {
+	if err := cn.setDeadline(cn.deadline(ctx)); err != nil {
 		return &ConnError{Op: "write", Addr: cn.d.addr, Err: err}
 	}
 	var stop func() bool

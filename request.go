@@ -71,6 +71,7 @@ type request struct {
 	wake        chan struct{} // completion signal, made once per pooled request
 	where       uint8         // at the caller, queued, in flight, being parsed (lane.mu)
 	sink        bool          // stands in for an abandoned request; recycled by the lane
+	selfRead    bool          // its caller reads its reply (lane.direct): no wake-up
 	fault       error         // transport fault that ended the request
 	sentAt      time.Time     // when it was written: its reply is due by sentAt+Timeout
 	wireLen     int           // encoded size, for the in-flight byte bound

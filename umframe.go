@@ -118,16 +118,17 @@ func (u *ultraDriver) do(ctx context.Context, r *request) error {
 	ln.pending = append(ln.pending, r)
 	becomeWriter := !ln.writing
 	ln.writing = true
+	busy := ln.flight.len() > 0
 	ln.mu.Unlock()
+	direct := false
 	if becomeWriter {
-		// Let goroutines that are already runnable (typically callers the
-		// reader just woke) queue first, so one write carries them all.
-		runtime.Gosched()
-		ln.writeLoop(ctx, r)
+		if busy {
+			// Let goroutines that are already runnable (typically callers
+			// the reader just woke) queue first, so one write carries them.
+			runtime.Gosched()
+		}
+		direct = ln.writeLoop(ctx, r)
 	}
-	ln.mu.Lock()
-	direct := ln.direct == r
-	ln.mu.Unlock()
 	var err error
 	if direct {
 		err = ln.readDirect(ctx, r)
@@ -171,20 +172,23 @@ type lane struct {
 	readDeadline  time.Time
 	deadlineStale bool // an interrupt may have moved the deadline
 	// Owned by the writer role.
-	wbuf  []byte
-	taken []*request // the batch being written
-	wire  []*request // the batch in wire order, fences included
+	writeDeadline time.Time
+	wbuf          []byte
+	taken         []*request // the batch being written
+	wire          []*request // the batch in wire order, fences included
 }
 
 // writeLoop is run by the goroutine holding the writer role: it sends what
-// is queued until the queue is empty, then gives the role up.
-func (ln *lane) writeLoop(ctx context.Context, own *request) {
+// is queued until the queue is empty, then gives the role up. It reports
+// whether own's caller holds the reader role for its own reply.
+func (ln *lane) writeLoop(ctx context.Context, own *request) (direct bool) {
 	for {
 		ln.mu.Lock()
 		if len(ln.pending) == 0 {
 			ln.writing = false
+			direct = ln.direct == own
 			ln.mu.Unlock()
-			return
+			return direct
 		}
 		if err := ln.ensureConn(ctx); err != nil {
 			failed := ln.takePending(ln.taken[:0])
@@ -210,7 +214,10 @@ func (ln *lane) writeLoop(ctx context.Context, own *request) {
 		var wire []*request
 		ln.wbuf, wire = ln.encodeBatch(ln.wbuf[:0], batch)
 		if ln.publish(nc, wire, own) {
-			_ = nc.SetWriteDeadline(deadlineAfter(ln.u.d.opts.Timeout))
+			if dl := deadlineAfter(ln.u.d.opts.Timeout); !dl.Equal(ln.writeDeadline) || dl.IsZero() {
+				_ = nc.SetWriteDeadline(dl)
+				ln.writeDeadline = dl
+			}
 			if _, err := nc.Write(ln.wbuf); err != nil {
 				ln.closeWith(nc, &ConnError{Op: "write", Addr: ln.u.d.addr, Err: err})
 			}
@@ -292,7 +299,7 @@ func appendFence(dst []byte, wire []*request) ([]byte, []*request) {
 // If nc failed meanwhile, nothing was sent: the requests fail instead, and
 // publish reports false.
 func (ln *lane) publish(nc net.Conn, wire []*request, own *request) bool {
-	now := time.Now()
+	now := clock.now()
 	ln.mu.Lock()
 	if ln.nc != nc || ln.u.closed.Load() {
 		for _, r := range wire {
@@ -324,13 +331,6 @@ func (ln *lane) publish(nc net.Conn, wire []*request, own *request) bool {
 	return true
 }
 
-func deadlineAfter(t time.Duration) time.Time {
-	if t <= 0 {
-		return time.Time{}
-	}
-	return time.Now().Add(t)
-}
-
 // ensureConn dials when the lane has no connection.
 // Called with mu held; the lock is released while dialing. The dial does
 // not inherit the caller's cancellation: it serves every queued request.
@@ -349,6 +349,7 @@ func (ln *lane) ensureConn(ctx context.Context) error {
 		return ErrClosed
 	}
 	ln.nc = cn.nc
+	ln.writeDeadline = time.Time{}
 	ln.inflightBytes = 0
 	ln.deadlineStale = true
 	ln.startReader()

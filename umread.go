@@ -43,9 +43,14 @@ func (ln *lane) readerLoop() {
 	}
 }
 
-// wakeReader hands the role to the reader goroutine. Called with mu held.
+// wakeReader hands the role to the reader goroutine. A direct holder that
+// had not read its reply yet will now wait for a wake-up like any other
+// caller. Called with mu held.
 func (ln *lane) wakeReader() {
-	ln.direct = nil
+	if ln.direct != nil {
+		ln.direct.selfRead = false
+		ln.direct = nil
+	}
 	select {
 	case ln.readerUp <- struct{}{}:
 	default: // already due to run
@@ -63,6 +68,7 @@ func (ln *lane) assignRole(own *request, wasIdle bool, wire []*request) {
 		ln.reading = true
 		if wasIdle && len(wire) == 1 && wire[0] == own {
 			ln.direct = own
+			own.selfRead = true
 			return
 		}
 		ln.wakeReader()
@@ -97,8 +103,7 @@ func (ln *lane) readDirect(ctx context.Context, own *request) error {
 	if abandoned {
 		return ctxFault(ctx, ln.u.d.addr)
 	}
-	<-own.wake // sent when own completed, as for any request
-	return nil
+	return nil // own is complete: complete does not signal a self-reader
 }
 
 // abortRead makes a blocked direct read return when its context is
@@ -119,16 +124,10 @@ func (ln *lane) abortRead() {
 func (ln *lane) serve(ctx context.Context, own *request) (abandoned bool) {
 	for {
 		ln.parseBuffered()
-		ln.mu.Lock()
-		finished := ln.flight.len() == 0 || ln.nc == nil || (own != nil && own.where == atCaller)
-		ln.mu.Unlock()
-		if finished {
-			return false
-		}
 		switch ln.readMore(ctx, own) {
 		case readAbandoned:
 			return true
-		case readFailed:
+		case readDone:
 			return false
 		}
 	}
@@ -179,29 +178,28 @@ func (ln *lane) parseBuffered() {
 
 // Outcomes of readMore.
 const (
-	readProgress = iota
-	readAbandoned
-	readFailed
+	readProgress  = iota
+	readAbandoned // own left: its context ended before its reply started
+	readDone      // nothing (more) to read for: own complete, or nothing in flight
 )
 
-// readMore reads from the connection once. Its deadline is when the head
-// of the flight queue is due (a stall past it fails the connection), or a
+// readMore reads from the connection once, unless the role's work is done
+// (own complete, or nothing in flight). Its deadline is when the head of
+// the flight queue is due (a stall past it fails the connection), or a
 // direct reader's own context deadline if that is sooner.
 func (ln *lane) readMore(ctx context.Context, own *request) int {
 	ln.mu.Lock()
 	nc, head := ln.nc, ln.flight.peek()
+	if nc == nil || head == nil || (own != nil && own.where == atCaller) {
+		ln.mu.Unlock()
+		return readDone
+	}
 	ownWaiting := own != nil && own.where == atFlight
-	var sent time.Time
-	if head != nil {
-		sent = head.sentAt // read under mu: the head's caller may leave and recycle it
-	}
+	sent := head.sentAt // read under mu: the head's caller may leave and recycle it
 	ln.mu.Unlock()
-	if nc == nil || head == nil {
-		return readFailed
-	}
 	if ln.rend == len(ln.rbuf) {
 		ln.fail(nc, protocolError("reply element larger than the read buffer", ln.rbuf[:64]))
-		return readFailed
+		return readDone
 	}
 	due := time.Time{}
 	if t := ln.u.d.opts.Timeout; t > 0 {
@@ -232,7 +230,7 @@ func (ln *lane) readMore(ctx context.Context, own *request) int {
 		}
 	}
 	ln.fail(nc, &ConnError{Op: "read", Addr: ln.u.d.addr, Err: err})
-	return readFailed
+	return readDone
 }
 
 // abandon takes a direct reader's own request out of flight, if its reply
@@ -283,7 +281,8 @@ func (ln *lane) signalSpace() {
 }
 
 // complete finishes r with a transport fault (nil on success) and wakes its
-// caller; sinks and fences go back to the pool. The caller of complete has
+// caller, unless the caller is reading r's reply itself; sinks and fences
+// go back to the pool. The caller of complete has
 // already set r.where = atCaller under mu, so a cancelled waiter knows to
 // wait for this wake-up instead of leaving.
 func (ln *lane) complete(r *request, fault error) {
@@ -292,7 +291,9 @@ func (ln *lane) complete(r *request, fault error) {
 		return
 	}
 	r.fault = fault
-	r.wake <- struct{}{}
+	if !r.selfRead {
+		r.wake <- struct{}{}
+	}
 }
 
 // fail tears the lane's connection down: every request in flight (the one
