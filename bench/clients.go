@@ -77,6 +77,10 @@ func MakerByName(name string) (Maker, bool) {
 	return Maker{}, false
 }
 
+// Conns is the connections each pooled client may keep: gomemcache's
+// MaxIdleConns and ermc's MaxConns.
+const Conns = 64
+
 // ---- ermc ----
 
 var bg = context.Background()
@@ -86,7 +90,11 @@ type ermcClient struct{ c *ermc.Client }
 func ermcMaker(p ermc.Protocol) func(Config) (Client, error) {
 	return func(cfg Config) (Client, error) {
 		c, err := ermc.New(cfg.Addr, ermc.Options{
-			Protocol:          p,
+			Protocol: p,
+			// As many connections as gomemcache keeps idle, so the pooled
+			// drivers are compared at equal footing (Ultra shares one
+			// connection per core whatever this says).
+			MaxConns:          Conns,
 			Timeout:           Timeout,
 			ConnectTimeout:    Timeout,
 			CompressThreshold: cfg.CompressThreshold,
@@ -160,7 +168,7 @@ func newGomemcache(cfg Config) (Client, error) {
 	c := memcache.New(cfg.Addr)
 	// Its best configuration for many goroutines: enough idle connections
 	// that it does not redial under load, and the same timeout as ermc.
-	c.MaxIdleConns = 64
+	c.MaxIdleConns = Conns
 	c.Timeout = Timeout
 	c.DialContext = cfg.DialContext
 	return gomemcacheClient{c, cfg.CompressThreshold}, nil
