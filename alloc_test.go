@@ -5,6 +5,7 @@ package ermc
 import (
 	"context"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -136,5 +137,51 @@ func testAllocsWithContext(t *testing.T, c *Client) {
 			}
 			t.Logf("%-14s %-12s %v allocs/op", ac.name, ctx.name, allocs)
 		}
+	}
+}
+
+// TestAllocsCompressedAndTyped: the lz4 path (a compressible value over
+// CompressThreshold, read into a buffer with room) and the integer helpers
+// allocate nothing in steady state either.
+func TestAllocsCompressedAndTyped(t *testing.T) {
+	s := startMemcached(t)
+	value := []byte(strings.Repeat("pyermc benchmark string ", 640)) // 15 KiB, compressible
+	dst := make([]byte, 0, 32<<10)
+	for _, proto := range wireDrivers {
+		t.Run(proto.String(), func(t *testing.T) {
+			c := newTestClient(t, s.Addr, proto, Options{CompressThreshold: 100})
+			var err error
+			keep := func(e error) {
+				if e != nil && err == nil {
+					err = e
+				}
+			}
+			for _, ac := range []allocCase{
+				{"SetCompressed", func(ctx context.Context) error { return c.Set(ctx, "alloc:z", value, 0) }},
+				{"GetCompressed", func(ctx context.Context) error {
+					v, err := c.Get(ctx, "alloc:z", dst[:0])
+					if err == nil && len(v) != len(value) {
+						return ErrCorruptValue
+					}
+					return err
+				}},
+				{"SetInt", func(ctx context.Context) error { return c.SetInt(ctx, "alloc:i", 12345, 0) }},
+				{"GetInt", func(ctx context.Context) error {
+					n, err := c.GetInt(ctx, "alloc:i")
+					if err == nil && n != 12345 {
+						return ErrCorruptValue
+					}
+					return err
+				}},
+			} {
+				allocs := testing.AllocsPerRun(100, func() { keep(ac.run(bg)) })
+				if err != nil {
+					t.Fatalf("%s: %v", ac.name, err)
+				}
+				if allocs != 0 {
+					t.Errorf("%s: %v allocs/op, want 0", ac.name, allocs)
+				}
+			}
+		})
 	}
 }

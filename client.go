@@ -344,9 +344,10 @@ func (c *Client) storeMode(ctx context.Context, op opcode, key string, value []b
 	var buf *bytebufferpool.ByteBuffer // compressed copy of value, if smaller
 	if t := c.opts.CompressThreshold; t > 0 && len(value) > t && op != opAppend && op != opPrepend {
 		buf = getBuffer()
-		if packed, ok := appendCompressed(buf.B[:0], value); ok {
+		packed, ok := appendCompressed(buf.B[:0], value)
+		buf.B = packed // keep the capacity, used or not
+		if ok {
 			r.value, r.flags = packed, flags|FlagCompressed
-			buf.B = packed
 		}
 	}
 	err := c.do(ctx, r)

@@ -28,15 +28,20 @@ func (JSONCodec) Unmarshal(data []byte, v any) error { return json.Unmarshal(dat
 // SetInt stores n as a decimal string with the integer flag, the form
 // Incr and Decr work on and python-memcached reads back as an int.
 func (c *Client) SetInt(ctx context.Context, key string, n int64, ttl time.Duration) error {
-	var digits [20]byte
-	return c.store(ctx, opSet, key, strconv.AppendInt(digits[:0], n, 10), FlagInteger, ttl, 0)
+	buf := getBuffer() // a stack array would escape into the request
+	buf.B = strconv.AppendInt(buf.B[:0], n, 10)
+	err := c.store(ctx, opSet, key, buf.B, FlagInteger, ttl, 0)
+	putBuffer(buf)
+	return err
 }
 
 // GetInt reads a decimal integer, as stored by SetInt, Incr or Decr (whose
 // results memcached may space-pad).
 func (c *Client) GetInt(ctx context.Context, key string) (int64, error) {
-	var buf [32]byte
-	v, _, _, err := c.get(ctx, opGet, key, 0, buf[:0])
+	buf := getBuffer()
+	defer putBuffer(buf)
+	v, _, _, err := c.get(ctx, opGet, key, 0, buf.B[:0])
+	buf.B = v
 	if err != nil {
 		return 0, err
 	}

@@ -35,7 +35,7 @@ func appendCompressed(dst, value []byte) (out []byte, ok bool) {
 	n, err := c.CompressBlock(value, frame[compressedHeader:])
 	compressorPool.Put(c)
 	if err != nil || n == 0 || compressedHeader+n >= len(value) {
-		return dst[:start], false
+		return dst[:start], false // dst keeps its grown capacity for next time
 	}
 	return dst[:start+compressedHeader+n], true
 }
