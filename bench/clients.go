@@ -320,22 +320,16 @@ func parseInt(b []byte) (int64, error) {
 	for len(b) > 0 && b[len(b)-1] == ' ' {
 		b = b[:len(b)-1]
 	}
-	neg := false
-	if len(b) > 0 && b[0] == '-' {
-		neg, b = true, b[1:]
+	neg := len(b) > 0 && b[0] == '-'
+	if neg {
+		b = b[1:]
 	}
-	if len(b) == 0 || len(b) > 19 {
+	u, ok := atou(b)
+	if !ok || u > 1<<63-1 {
 		return 0, errNotInteger
 	}
-	var n int64
-	for _, c := range b {
-		if c < '0' || c > '9' {
-			return 0, errNotInteger
-		}
-		n = n*10 + int64(c-'0')
-	}
 	if neg {
-		n = -n
+		return -int64(u), nil
 	}
-	return n, nil
+	return int64(u), nil
 }
