@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand"
 	"net"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -297,5 +298,29 @@ func TestUltraNoreplyOnTextIsPlain(t *testing.T) {
 	}
 	if !strings.Contains(fmt.Sprint(c.TouchNoreply(bg, "absent", time.Second)), "miss") {
 		t.Fatal("TouchNoreply on text reports the miss")
+	}
+}
+
+// TestUltraCloseStopsReaders: after Close, no reader goroutine is left
+// behind, whichever goroutine held the reader role last.
+func TestUltraCloseStopsReaders(t *testing.T) {
+	s := startMemcached(t)
+	before := runtime.NumGoroutine()
+	for i := 0; i < 20; i++ {
+		c, err := New(s.Addr, Options{Protocol: Ultra})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Set(bg, "k", []byte("v"), 0); err != nil { // a lone request: read by its caller
+			t.Fatal(err)
+		}
+		c.Close()
+	}
+	deadline := time.Now().Add(10 * time.Second) // hang guard only
+	for runtime.NumGoroutine() > before+2 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := runtime.NumGoroutine(); n > before+2 {
+		t.Fatalf("%d goroutines after closing 20 clients, %d before", n, before)
 	}
 }

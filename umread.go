@@ -85,6 +85,9 @@ func (ln *lane) releaseRole() {
 		ln.wakeReader()
 	} else {
 		ln.reading, ln.direct = false, nil
+		if ln.u.closed.Load() {
+			ln.wakeReader() // so that it sees the client closed and exits
+		}
 	}
 	ln.mu.Unlock()
 }
