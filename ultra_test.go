@@ -301,26 +301,58 @@ func TestUltraNoreplyOnTextIsPlain(t *testing.T) {
 	}
 }
 
-// TestUltraCloseStopsReaders: after Close, no reader goroutine is left
-// behind, whichever goroutine held the reader role last.
+// TestUltraCloseStopsReaders: Close while a lone request's caller is
+// reading its own reply (the server never answers) ends that read, and no
+// reader goroutine is left behind.
 func TestUltraCloseStopsReaders(t *testing.T) {
-	s := startMemcached(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			nc, err := l.Accept()
+			if err != nil {
+				return
+			}
+			defer nc.Close()
+		}
+	}()
 	before := runtime.NumGoroutine()
-	for i := 0; i < 20; i++ {
-		c, err := New(s.Addr, Options{Protocol: Ultra})
+	for i := 0; i < 10; i++ {
+		c, err := New(l.Addr().String(), Options{Protocol: Ultra, Timeout: time.Minute})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := c.Set(bg, "k", []byte("v"), 0); err != nil { // a lone request: read by its caller
-			t.Fatal(err)
+		c.drv.(*ultraDriver).lanes = c.drv.(*ultraDriver).lanes[:1]
+		done := make(chan error, 1)
+		go func() { _, err := c.Get(bg, "k", nil); done <- err }()
+		for { // wait until the Get's caller holds the reader role
+			ln := c.drv.(*ultraDriver).lanes[0]
+			ln.mu.Lock()
+			direct := ln.direct != nil
+			ln.mu.Unlock()
+			if direct {
+				break
+			}
+			time.Sleep(time.Millisecond)
 		}
 		c.Close()
+		select {
+		case err := <-done:
+			if !errors.Is(err, ErrClosed) {
+				t.Fatalf("a read cut by Close: %v", err)
+			}
+		case <-time.After(10 * time.Second): // hang guard only
+			t.Fatal("Close did not end the direct read")
+		}
 	}
 	deadline := time.Now().Add(10 * time.Second) // hang guard only
 	for runtime.NumGoroutine() > before+2 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	if n := runtime.NumGoroutine(); n > before+2 {
-		t.Fatalf("%d goroutines after closing 20 clients, %d before", n, before)
+		t.Fatalf("%d goroutines after closing 10 clients, %d before", n, before)
 	}
 }
