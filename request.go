@@ -13,6 +13,7 @@ const (
 	opGets
 	opGat
 	opGetMulti
+	opGetBatch // Ultra: plain gets of several callers sent as one "get k1 k2 ..."
 	opSet
 	opAdd
 	opReplace
@@ -34,7 +35,7 @@ const (
 func (op opcode) isStorage() bool { return op >= opSet && op <= opCAS }
 
 // isRetrieval reports whether op answers with VALUE blocks.
-func (op opcode) isRetrieval() bool { return op <= opGetMulti }
+func (op opcode) isRetrieval() bool { return op <= opGetBatch }
 
 // request is one operation in flight: what to send, where results go, and
 // the parser's progress through the reply. Requests come from a sync.Pool,
@@ -43,8 +44,9 @@ type request struct {
 	op      opcode
 	noreply bool
 	key     string
-	keys    []string // opGetMulti
-	value   []byte   // storage data, as it goes on the wire
+	keys    []string   // opGetMulti
+	members []*request // opGetBatch: the gets it carries, in key order
+	value   []byte     // storage data, as it goes on the wire
 	flags   uint32
 	exptime int64 // memcached exptime, see exptime()
 	cas     uint64
@@ -105,8 +107,10 @@ func (p *parseState) gather(buf []byte) (used int, complete bool) {
 // reset clears a request for reuse, keeping the scratch capacity.
 func (r *request) reset() {
 	scratch, decoded, collected, wake := r.parse.scratch[:0], r.decoded[:0], r.collected[:0], r.wake
+	clear(r.members)
+	members := r.members[:0]
 	*r = request{}
-	r.parse.scratch, r.decoded, r.collected, r.wake = scratch, decoded, collected, wake
+	r.parse.scratch, r.decoded, r.collected, r.wake, r.members = scratch, decoded, collected, wake, members
 }
 
 var requestPool = sync.Pool{New: func() any { return new(request) }}

@@ -48,6 +48,12 @@ func appendTextRequest(dst []byte, r *request) []byte {
 			dst = append(dst, ' ')
 			dst = append(dst, k...)
 		}
+	case opGetBatch:
+		dst = append(dst, "get"...)
+		for _, m := range r.members {
+			dst = append(dst, ' ')
+			dst = append(dst, m.key...)
+		}
 	case opSet, opAdd, opReplace, opAppend, opPrepend, opCAS:
 		dst = append(dst, storageVerb[r.op]...)
 		dst = append(dst, r.key...)
@@ -247,6 +253,9 @@ func (r *request) keepFirstErr(err error) {
 // answers in request order, so the search starts after the previous match
 // and the usual cost is one comparison per value.
 func (r *request) matchKey(key []byte) (int, bool) {
+	if r.op == opGetBatch {
+		return r.matchMember(key)
+	}
 	if r.op != opGetMulti {
 		if r.found || string(key) != r.key {
 			return 0, false
@@ -267,6 +276,24 @@ func (r *request) matchKey(key []byte) (int, bool) {
 	return 0, false
 }
 
+// matchMember is matchKey for a batch of gets: a member already answered
+// cannot be answered again (memcached answers each occurrence of a key
+// once, in order).
+func (r *request) matchMember(key []byte) (int, bool) {
+	n := len(r.members)
+	for j := 0; j < n; j++ {
+		i := r.parse.cursor + j
+		if i >= n {
+			i -= n
+		}
+		if m := r.members[i]; !m.found && m.key == string(key) {
+			r.parse.cursor = i + 1
+			return i, true
+		}
+	}
+	return 0, false
+}
+
 // finishLine interprets a reply line that is not a VALUE header.
 func finishLine(r *request, line []byte) (done bool, err error) {
 	if r.op == opFence {
@@ -280,7 +307,7 @@ func finishLine(r *request, line []byte) (done bool, err error) {
 		switch {
 		case r.op == opStats:
 		case r.op.isRetrieval():
-			if r.op != opGetMulti && !r.found && r.err == nil {
+			if r.op != opGetMulti && r.op != opGetBatch && !r.found && r.err == nil {
 				r.err = ErrCacheMiss
 			}
 		default:

@@ -266,10 +266,15 @@ func (ln *lane) takeBatch() []*request {
 func (ln *lane) encodeBatch(dst []byte, batch []*request) ([]byte, []*request) {
 	wire := ln.wire[:0]
 	fenced := true
-	for _, r := range batch {
+	for i := 0; i < len(batch); i++ {
+		r := batch[i]
 		if !r.noreply && !fenced {
 			dst, wire = appendFence(dst, wire)
 			fenced = true
+		}
+		if n := getRun(batch[i:]); n > 1 {
+			r = combineGets(batch[i : i+n])
+			i += n - 1
 		}
 		start := len(dst)
 		dst = appendTextRequest(dst, r)
@@ -282,6 +287,29 @@ func (ln *lane) encodeBatch(dst []byte, batch []*request) ([]byte, []*request) {
 	}
 	ln.wire = wire
 	return dst, wire
+}
+
+// maxCombinedGets bounds the keys of one combined get command.
+const maxCombinedGets = 100
+
+// getRun counts the plain gets at the start of batch, up to
+// maxCombinedGets.
+func getRun(batch []*request) int {
+	n := 0
+	for n < len(batch) && n < maxCombinedGets && batch[n].op == opGet {
+		n++
+	}
+	return n
+}
+
+// combineGets makes one "get k1 k2 ..." of plain gets queued together by
+// different callers: the server parses one command and answers in one
+// response, and each VALUE goes to the member whose key it names.
+func combineGets(gets []*request) *request {
+	b := getRequest()
+	b.op, b.maxValue = opGetBatch, gets[0].maxValue
+	b.members = append(b.members, gets...)
+	return b
 }
 
 func appendFence(dst []byte, wire []*request) ([]byte, []*request) {
@@ -320,7 +348,7 @@ func (ln *lane) publish(nc net.Conn, wire []*request, own *request) bool {
 			continue
 		}
 		r.sentAt = now
-		r.where = atFlight
+		r.setWhere(atFlight)
 		ln.inflightBytes += r.wireLen
 		ln.flight.push(r)
 	}
@@ -405,6 +433,15 @@ func newSink(r *request) *request {
 	s.keys = append([]string(nil), r.keys...)
 	s.sink, s.deferValues, s.where = true, true, atFlight
 	return s
+}
+
+// setWhere records where r is, and so where the gets a batch carries are.
+// Called with mu held.
+func (r *request) setWhere(w uint8) {
+	r.where = w
+	for _, m := range r.members {
+		m.where = w
+	}
 }
 
 // takePending empties the queue of unwritten requests into dst. Called

@@ -163,7 +163,7 @@ func (ln *lane) parseBuffered() {
 			// the caller, whose next request must not be written to it.
 			ln.mu.Lock()
 			ln.flight.pop()
-			cur.where = atCaller
+			cur.setWhere(atCaller)
 			ln.mu.Unlock()
 			ln.failAnswered(nc, nil, cur)
 			return
@@ -258,7 +258,7 @@ func (ln *lane) startParse() (*request, net.Conn) {
 	ln.mu.Lock()
 	r := ln.flight.peek()
 	if r != nil {
-		r.where = atParse
+		r.setWhere(atParse)
 	}
 	nc := ln.nc
 	ln.mu.Unlock()
@@ -269,7 +269,7 @@ func (ln *lane) startParse() (*request, net.Conn) {
 func (ln *lane) finishParse(r *request) {
 	ln.mu.Lock()
 	ln.flight.pop()
-	r.where = atCaller
+	r.setWhere(atCaller)
 	ln.inflightBytes -= r.wireLen
 	ln.mu.Unlock()
 	ln.signalSpace()
@@ -289,6 +289,11 @@ func (ln *lane) signalSpace() {
 // already set r.where = atCaller under mu, so a cancelled waiter knows to
 // wait for this wake-up instead of leaving.
 func (ln *lane) complete(r *request, fault error) {
+	if r.op == opGetBatch {
+		ln.completeMembers(r, fault)
+		putRequest(r)
+		return
+	}
 	if r.sink {
 		putRequest(r)
 		return
@@ -296,6 +301,22 @@ func (ln *lane) complete(r *request, fault error) {
 	r.fault = fault
 	if !r.selfRead {
 		r.wake <- struct{}{}
+	}
+}
+
+// completeMembers completes the gets a batch carried: each gets the
+// batch's fault or error, else a miss if no VALUE named it.
+func (ln *lane) completeMembers(b *request, fault error) {
+	for _, m := range b.members {
+		if fault == nil && m.err == nil {
+			switch {
+			case b.err != nil:
+				m.err = b.err
+			case !m.found:
+				m.err = ErrCacheMiss
+			}
+		}
+		ln.complete(m, fault)
 	}
 }
 
@@ -341,7 +362,7 @@ func (ln *lane) failAnswered(nc net.Conn, err error, answered *request) {
 // caller. Called with mu held.
 func takeAll(dst []*request, q *ring) []*request {
 	for r := q.pop(); r != nil; r = q.pop() {
-		r.where = atCaller
+		r.setWhere(atCaller)
 		dst = append(dst, r)
 	}
 	return dst

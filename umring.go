@@ -38,13 +38,20 @@ func (q *ring) pop() *request {
 	return r
 }
 
-// replace swaps old for new in the queue; false if old is not there.
+// replace swaps old for new in the queue, or among the gets a queued batch
+// carries; false if old is not there.
 func (q *ring) replace(old, new *request) bool {
 	for i := 0; i < q.size; i++ {
 		j := (q.head + i) % len(q.buf)
 		if q.buf[j] == old {
 			q.buf[j] = new
 			return true
+		}
+		for k, m := range q.buf[j].members {
+			if m == old {
+				q.buf[j].members[k] = new
+				return true
+			}
 		}
 	}
 	return false

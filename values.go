@@ -77,6 +77,12 @@ func grow(b []byte, n int) []byte {
 // to the multi-get callback with the key's index. data is only valid during
 // the call.
 func (r *request) deliverValue(index int, flags uint32, cas uint64, data []byte) error {
+	if r.op == opGetBatch {
+		m := r.members[index]
+		m.maxValue = r.maxValue
+		m.keepFirstErr(m.deliverValue(0, flags, cas, data))
+		return nil
+	}
 	if r.op == opGetMulti {
 		v := data
 		if flags&FlagCompressed != 0 {
