@@ -17,9 +17,25 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// Fault tolerance of the Text driver against the scripted fake server:
+// Fault tolerance of the wire drivers against the scripted fake server:
 // every fault is reported, a broken connection is never reused, and the
-// next request gets its own reply on a fresh connection.
+// next request gets its own reply on a fresh connection. Most tests run on
+// every wire driver; faults_drivers_test.go has the driver-specific ones.
+
+// newFaultClient is newTestClient with one connection for Ultra (instead
+// of one per core), so that a request after a fault would reuse the faulty
+// connection if the driver kept it.
+func newFaultClient(t *testing.T, addr string, proto Protocol, opts Options) *Client {
+	t.Helper()
+	c := newTestClient(t, addr, proto, opts)
+	if u, ok := c.drv.(*ultraDriver); ok {
+		u.lanes = u.lanes[:1]
+	}
+	return c
+}
+
+// textDrivers speak the text protocol, so the same malformed bytes apply.
+var textDrivers = []Protocol{Text, Ultra}
 
 // guarded runs fn and fails the test if it does not return within the hang
 // guard. It asserts nothing about timing otherwise.
@@ -65,9 +81,17 @@ func afterFault(t *testing.T, srv *fakeServer, c *Client) {
 }
 
 func TestFaultMalformedReplies(t *testing.T) {
+	for _, proto := range textDrivers {
+		t.Run(proto.String(), func(t *testing.T) { testFaultMalformedReplies(t, proto) })
+	}
+}
+
+func testFaultMalformedReplies(t *testing.T, proto Protocol) {
 	cases := []struct{ name, reply string }{
 		{"bad VALUE line", "VALUE k 0 abc\r\nxyz\r\nEND\r\n"},
 		{"VALUE with negative length", "VALUE k 0 -5\r\nwrong\r\nEND\r\n"},
+		{"VALUE with non-numeric flags", "VALUE k x 5\r\nwrong\r\nEND\r\n"},
+		{"VALUE length 2^64", "VALUE k 0 18446744073709551616\r\n"},
 		{"VALUE for another key", "VALUE other 0 5\r\nwrong\r\nEND\r\n"},
 		{"second VALUE for the key", "VALUE k 0 5\r\nfirst\r\nVALUE k 0 5\r\nagain\r\nEND\r\n"},
 		{"unknown reply line", "HELLO\r\n"},
@@ -90,7 +114,7 @@ func TestFaultMalformedReplies(t *testing.T) {
 				}
 				fc.Serve(fresh)
 			})
-			c := newTestClient(t, srv.Addr, Text, Options{Timeout: 2 * time.Second})
+			c := newFaultClient(t, srv.Addr, proto, Options{Timeout: 2 * time.Second})
 			res := guardedGet(t, c, bg, "k")
 			require.Error(t, res.err)
 			assert.ErrorIs(t, res.err, ErrProtocol)
@@ -103,11 +127,12 @@ func TestFaultMalformedReplies(t *testing.T) {
 // stallScript makes connection 0 answer its first request with partial,
 // then stall until release is closed, then send late (the rest of the
 // reply, which the client must never read), then behave. Every other
-// connection serves fresh values.
-func stallScript(partial, late string, release <-chan struct{}) func(fc *fakeConn) {
+// connection serves fresh values. Requests and replies are in proto's
+// wire format.
+func stallScript(proto Protocol, partial, late string, release <-chan struct{}) func(fc *fakeConn) {
 	return func(fc *fakeConn) {
 		if fc.N == 0 {
-			if _, ok := fc.Next(); !ok {
+			if _, ok := fc.NextAs(proto); !ok {
 				return
 			}
 			fc.Send(partial)
@@ -116,16 +141,38 @@ func stallScript(partial, late string, release <-chan struct{}) func(fc *fakeCon
 			}
 			fc.Send(late)
 		}
-		fc.Serve(fresh)
+		fc.ServeAs(proto, fresh)
 	}
 }
 
-// stallPoints are places in a reply to "get k" where the fake stops
-// sending. Joined, each pair is a valid reply with a value other than
-// "fresh".
-var stallPoints = func() []struct{ name, partial, late string } {
+type stallPoint struct{ name, partial, late string }
+
+// stallPointsFor are places in a reply to a get of "k" in proto's wire
+// format where the fake stops sending. Joined, each pair is a valid reply
+// with a value other than "fresh".
+func stallPointsFor(proto Protocol) []stallPoint {
+	if proto == Binary {
+		return binaryStallPoints
+	}
+	return stallPoints
+}
+
+// binaryStallPoints: the same places in a binary GET response.
+var binaryStallPoints = func() []stallPoint {
+	small := string(binResp(binGet, 0, binOpaque, 1, be32(0), "", "stale"))
+	big := string(binResp(binGet, 0, binOpaque, 1, be32(0), "", strings.Repeat("s", 40_000)))
+	return []stallPoint{
+		{"before the first byte", "", small},
+		{"in the header", small[:10], small[10:]},
+		{"after the header", small[:binHeaderLen], small[binHeaderLen:]},
+		{"in the value", small[:binHeaderLen+6], small[binHeaderLen+6:]},
+		{"in a 40 KB value", big[:20_000], big[20_000:]},
+	}
+}()
+
+var stallPoints = func() []stallPoint {
 	big := strings.Repeat("s", 40_000) // larger than the read buffer: the scratch-buffer path
-	return []struct{ name, partial, late string }{
+	return []stallPoint{
 		{"before the first byte", "", "VALUE k 0 5\r\nstale\r\nEND\r\n"},
 		{"in the VALUE line", "VALUE k 0", " 5\r\nstale\r\nEND\r\n"},
 		{"between CR and LF", "VALUE k 0 5\r", "\nstale\r\nEND\r\n"},
@@ -137,10 +184,16 @@ var stallPoints = func() []struct{ name, partial, late string } {
 }()
 
 func TestFaultStallTimesOut(t *testing.T) {
-	for _, sp := range stallPoints {
+	for _, proto := range wireDrivers {
+		t.Run(proto.String(), func(t *testing.T) { testFaultStallTimesOut(t, proto) })
+	}
+}
+
+func testFaultStallTimesOut(t *testing.T, proto Protocol) {
+	for _, sp := range stallPointsFor(proto) {
 		t.Run(sp.name, func(t *testing.T) {
 			release := make(chan struct{})
-			srv := startFakeServer(t, stallScript(sp.partial, sp.late, release))
+			srv := startFakeServer(t, stallScript(proto, sp.partial, sp.late, release))
 			t.Cleanup(func() {
 				select {
 				case <-release:
@@ -148,7 +201,7 @@ func TestFaultStallTimesOut(t *testing.T) {
 					close(release)
 				}
 			})
-			c := newTestClient(t, srv.Addr, Text, Options{Timeout: 200 * time.Millisecond})
+			c := newFaultClient(t, srv.Addr, proto, Options{Timeout: 200 * time.Millisecond})
 
 			res := guardedGet(t, c, bg, "k")
 			require.Error(t, res.err)
@@ -172,7 +225,7 @@ func TestFaultStallTimesOut(t *testing.T) {
 
 func TestFaultStallWithErrorAsMiss(t *testing.T) {
 	release := make(chan struct{})
-	srv := startFakeServer(t, stallScript("", "END\r\n", release))
+	srv := startFakeServer(t, stallScript(Text, "", "END\r\n", release))
 	defer close(release)
 	c := newTestClient(t, srv.Addr, Text, Options{Timeout: 100 * time.Millisecond, ErrorAsMiss: true})
 	res := guardedGet(t, c, bg, "k")
@@ -183,18 +236,24 @@ func TestFaultStallWithErrorAsMiss(t *testing.T) {
 }
 
 func TestFaultEOFMidReply(t *testing.T) {
-	for _, sp := range stallPoints {
+	for _, proto := range wireDrivers {
+		t.Run(proto.String(), func(t *testing.T) { testFaultEOFMidReply(t, proto) })
+	}
+}
+
+func testFaultEOFMidReply(t *testing.T, proto Protocol) {
+	for _, sp := range stallPointsFor(proto) {
 		t.Run(sp.name, func(t *testing.T) {
 			srv := startFakeServer(t, func(fc *fakeConn) {
 				if fc.N == 0 {
-					if _, ok := fc.Next(); ok {
+					if _, ok := fc.NextAs(proto); ok {
 						fc.Send(sp.partial)
 					}
 					return // hang up
 				}
-				fc.Serve(fresh)
+				fc.ServeAs(proto, fresh)
 			})
-			c := newTestClient(t, srv.Addr, Text, Options{Timeout: 2 * time.Second})
+			c := newFaultClient(t, srv.Addr, proto, Options{Timeout: 2 * time.Second})
 			res := guardedGet(t, c, bg, "k")
 			require.Error(t, res.err)
 			assert.Empty(t, res.v)
@@ -210,16 +269,20 @@ func TestFaultEOFMidReply(t *testing.T) {
 		})
 	}
 	t.Run("storage command", func(t *testing.T) {
+		partial := "STOR"
+		if proto == Binary {
+			partial = string(binResp(binSet, 0, binOpaque, 2, "", "", ""))[:5]
+		}
 		srv := startFakeServer(t, func(fc *fakeConn) {
 			if fc.N == 0 {
-				if _, ok := fc.Next(); ok {
-					fc.Send("STOR")
+				if _, ok := fc.NextAs(proto); ok {
+					fc.Send(partial)
 				}
 				return
 			}
-			fc.Serve(fresh)
+			fc.ServeAs(proto, fresh)
 		})
-		c := newTestClient(t, srv.Addr, Text, Options{Timeout: 2 * time.Second})
+		c := newFaultClient(t, srv.Addr, proto, Options{Timeout: 2 * time.Second})
 		err := guarded(t, func() error { return c.Set(bg, "k", []byte("v"), 0) })
 		var ce *ConnError
 		require.ErrorAs(t, err, &ce)
@@ -229,11 +292,20 @@ func TestFaultEOFMidReply(t *testing.T) {
 	})
 }
 
+// TestFaultContextCanceledMidRequest: on the pooled drivers a
+// cancellation interrupts the request wherever it is and costs the
+// connection. (Ultra keeps the connection: TestUltraCanceledMidRequest.)
 func TestFaultContextCanceledMidRequest(t *testing.T) {
-	for _, sp := range stallPoints {
+	for _, proto := range []Protocol{Text, Binary} {
+		t.Run(proto.String(), func(t *testing.T) { testFaultContextCanceledMidRequest(t, proto) })
+	}
+}
+
+func testFaultContextCanceledMidRequest(t *testing.T, proto Protocol) {
+	for _, sp := range stallPointsFor(proto) {
 		t.Run(sp.name, func(t *testing.T) {
 			release := make(chan struct{})
-			srv := startFakeServer(t, stallScript(sp.partial, sp.late, release))
+			srv := startFakeServer(t, stallScript(proto, sp.partial, sp.late, release))
 			t.Cleanup(func() {
 				select {
 				case <-release:
@@ -243,7 +315,7 @@ func TestFaultContextCanceledMidRequest(t *testing.T) {
 			})
 			// The I/O timeout is far beyond the hang guard: only the
 			// cancellation can end the request in time.
-			c := newTestClient(t, srv.Addr, Text, Options{Timeout: time.Minute})
+			c := newFaultClient(t, srv.Addr, proto, Options{Timeout: time.Minute})
 			ctx, cancel := context.WithCancel(bg)
 			defer cancel()
 			go func() {
@@ -307,6 +379,12 @@ func TestFaultContextDeadlineShorterThanTimeout(t *testing.T) {
 }
 
 func TestFaultErrorReplies(t *testing.T) {
+	for _, proto := range textDrivers {
+		t.Run(proto.String(), func(t *testing.T) { testFaultErrorReplies(t, proto) })
+	}
+}
+
+func testFaultErrorReplies(t *testing.T, proto Protocol) {
 	cases := []struct {
 		name     string
 		reply    string
@@ -359,7 +437,7 @@ func TestFaultErrorReplies(t *testing.T) {
 				}
 				fc.Serve(fresh)
 			})
-			c := newTestClient(t, srv.Addr, Text, Options{Timeout: 2 * time.Second})
+			c := newFaultClient(t, srv.Addr, proto, Options{Timeout: 2 * time.Second})
 			err := guarded(t, func() error { return tc.op(c) })
 			require.Error(t, err)
 			tc.check(t, err)
