@@ -417,6 +417,9 @@ func binValue(r *request, index int, h binHeader, extras, key, value, frame []by
 		if len(key) == 0 {
 			return protocolError("GETKQ reply without its key", frame[:binHeaderLen])
 		}
+		if err := r.countValue(key); err != nil {
+			return err
+		}
 	}
 	if len(key) > 0 && string(key) != want {
 		return protocolError("value for a key that was not requested", key)

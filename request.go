@@ -85,6 +85,7 @@ type parseState struct {
 	pending int    // data bytes (plus trailer) still to read into the scratch buffer
 	index   int    // which key of keys the current value belongs to
 	cursor  int    // where the next multi-get key search starts
+	values  int    // multi-get values seen so far: at most one per key asked
 	vflags  uint32 // flags of the value being read
 	vcas    uint64 // CAS id of the value being read
 	vlen    int    // length of the value being read

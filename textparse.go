@@ -173,6 +173,9 @@ func startValue(r *request, line, rest []byte) (int, error) {
 	if !ok {
 		return 0, protocolError("malformed VALUE line", line)
 	}
+	if err := r.countValue(key); err != nil {
+		return 0, err
+	}
 	index, ok := r.matchKey(key)
 	if !ok {
 		return 0, protocolError("VALUE for a key that was not requested", key)
@@ -223,6 +226,20 @@ func (r *request) keepFirstErr(err error) {
 	if err != nil && r.err == nil {
 		r.err = err
 	}
+}
+
+// countValue refuses a multi-get value beyond one per key asked: a server
+// repeating values could otherwise call the callback (or, on the Ultra
+// driver, buffer values) without end.
+func (r *request) countValue(key []byte) error {
+	if r.op != opGetMulti {
+		return nil
+	}
+	if r.parse.values == len(r.keys) {
+		return protocolError("more values than keys requested", key)
+	}
+	r.parse.values++
+	return nil
 }
 
 // matchKey finds which requested key a VALUE line answers. memcached
