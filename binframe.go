@@ -393,11 +393,7 @@ func handleBinFrame(r *request, frame []byte) (done bool, err error) {
 		if len(key) == 0 && len(value) == 0 {
 			return true, nil
 		}
-		if r.stats == nil {
-			r.stats = make(map[string]string)
-		}
-		r.stats[string(key)] = string(value)
-		return false, nil
+		return false, r.addStat(key, value)
 	case opVersion:
 		r.text = string(value)
 	}

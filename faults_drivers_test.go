@@ -2,6 +2,7 @@ package ermc
 
 import (
 	"io"
+	"strconv"
 	"testing"
 	"time"
 
@@ -62,6 +63,39 @@ func TestFaultMultiGetEndlessValues(t *testing.T) {
 			require.ErrorIs(t, err, ErrProtocol)
 			assert.Contains(t, err.Error(), "more values than keys")
 			assert.LessOrEqual(t, calls, 2, "at most one value per key reaches the callback")
+			afterFault(t, srv, c)
+		})
+	}
+}
+
+// A stats reply that never ends (distinct names, forever) is refused
+// after a bounded number of entries instead of growing the map until the
+// deadline.
+func TestFaultStatsEndless(t *testing.T) {
+	for _, proto := range wireDrivers {
+		t.Run(proto.String(), func(t *testing.T) {
+			srv := startFakeServer(t, func(fc *fakeConn) {
+				if fc.N == 0 {
+					if _, ok := fc.NextAs(proto); !ok {
+						return
+					}
+					var b []byte
+					for i := 0; i < 2*maxStats; i++ {
+						name := "s" + strconv.Itoa(i)
+						if proto == Binary {
+							b = append(b, binResp(binStat, 0, binOpaque, 0, "", name, "1")...)
+						} else {
+							b = append(b, "STAT "+name+" 1\r\n"...)
+						}
+					}
+					sendForever(fc, b) // never the closing END / empty frame
+					return
+				}
+				fc.ServeAs(proto, fresh)
+			})
+			c := newFaultClient(t, srv.Addr, proto, Options{Timeout: time.Minute})
+			err := guarded(t, func() error { _, err := c.Stats(bg); return err })
+			require.ErrorIs(t, err, ErrProtocol)
 			afterFault(t, srv, c)
 		})
 	}

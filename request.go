@@ -160,3 +160,20 @@ func validKey(key string, max int) bool {
 	}
 	return true
 }
+
+// maxStats bounds the entries of a stats reply. memcached sends about a
+// hundred; a server streaming distinct names must not grow the map until
+// the request deadline.
+const maxStats = 4096
+
+// addStat records one stats entry.
+func (r *request) addStat(name, value []byte) error {
+	if r.stats == nil {
+		r.stats = make(map[string]string)
+	}
+	if len(r.stats) == maxStats {
+		return protocolError("stats reply with too many entries", name)
+	}
+	r.stats[string(name)] = string(value)
+	return nil
+}

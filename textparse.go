@@ -288,11 +288,7 @@ func finishLine(r *request, line []byte) (done bool, err error) {
 		return true, nil
 	case bytes.HasPrefix(line, statPrefix) && r.op == opStats:
 		name, value, _ := bytes.Cut(line[len(statPrefix):], []byte{' '})
-		if r.stats == nil {
-			r.stats = make(map[string]string)
-		}
-		r.stats[string(name)] = string(value)
-		return false, nil
+		return false, r.addStat(name, value)
 	case bytes.HasPrefix(line, []byte("SERVER_ERROR")):
 		r.err = &ServerError{Message: boundedMessage(bytes.TrimPrefix(line[len("SERVER_ERROR"):], []byte{' '}))}
 		return true, nil
