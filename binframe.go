@@ -1,7 +1,9 @@
 package ermc
 
 import (
+	"bytes"
 	"encoding/binary"
+	"fmt"
 	"math"
 )
 
@@ -329,6 +331,9 @@ func nextBinFrame(r *request, buf []byte) (frame []byte, used int, err error) {
 	if len(buf) < binHeaderLen {
 		return nil, 0, nil
 	}
+	if isText, err := binTextError(buf); isText {
+		return nil, 0, err
+	}
 	h := decodeBinHeader(buf)
 	if err := checkBinResponse(h, buf, binReplyLimit(r, h)); err != nil {
 		return nil, 0, err
@@ -344,6 +349,38 @@ func nextBinFrame(r *request, buf []byte) (frame []byte, used int, err error) {
 	r.parse.pending = size - len(buf)
 	r.parse.phase = binPhaseBody
 	return nil, len(buf), nil
+}
+
+// textErrorPrefixes start the lines memcached sends in text before it
+// knows a connection's protocol, as when it refuses a connection over its
+// limit: "ERROR Too many open connections".
+var textErrorPrefixes = [][]byte{[]byte("ERROR"), []byte("SERVER_ERROR"), []byte("CLIENT_ERROR")}
+
+// binTextError recognizes a text error line where a response header was
+// expected. Once the line is complete it returns an error matching both
+// ErrProtocol (the connection is not in step) and *ServerError carrying
+// the line; before that, a nil error: more bytes are needed.
+func binTextError(buf []byte) (isText bool, err error) {
+	if buf[0] == binMagicResponse {
+		return false, nil
+	}
+	for _, p := range textErrorPrefixes {
+		if bytes.HasPrefix(buf, p) {
+			isText = true
+		}
+	}
+	if !isText {
+		return false, nil
+	}
+	line, _, complete := bytes.Cut(buf, []byte{'\n'})
+	switch {
+	case complete:
+		se := &ServerError{Message: boundedMessage(bytes.TrimSuffix(line, []byte{'\r'}))}
+		return true, fmt.Errorf("%w: text reply to a binary request: %w", ErrProtocol, se)
+	case len(buf) > maxTextLine:
+		return true, protocolError("text reply line too long", buf[:64])
+	}
+	return true, nil
 }
 
 // binReplyLimit is the longest value the response h to r may carry:

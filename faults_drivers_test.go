@@ -100,3 +100,76 @@ func TestFaultStatsEndless(t *testing.T) {
 		})
 	}
 }
+
+// memcached over its connection limit (-c) answers a new connection with
+// a text line, whatever protocol the client speaks, and closes it. Every
+// driver reports the server's line as a *ServerError and discards the
+// connection; the next request gets its own value on a fresh one. (The
+// fake waits for the request before answering, so that Ultra has it in
+// flight; faults_server_test.go has the real server's timing.)
+func TestFaultTooManyConnections(t *testing.T) {
+	const line = "ERROR Too many open connections\r\n"
+	for _, proto := range wireDrivers {
+		t.Run(proto.String(), func(t *testing.T) {
+			srv := startFakeServer(t, func(fc *fakeConn) {
+				if fc.N == 0 {
+					if _, ok := fc.NextAs(proto); ok {
+						fc.Send(line)
+						_, _ = io.Copy(io.Discard, fc) // until the client hangs up
+					}
+					return
+				}
+				fc.ServeAs(proto, fresh)
+			})
+			c := newFaultClient(t, srv.Addr, proto, Options{Timeout: time.Minute})
+			res := guardedGet(t, c, bg, "k")
+			var se *ServerError
+			require.ErrorAs(t, res.err, &se)
+			assert.Contains(t, se.Message, "Too many open connections")
+			assert.NotErrorIs(t, res.err, ErrCacheMiss)
+			afterFault(t, srv, c)
+		})
+	}
+}
+
+// Binary frames that do not answer the request, or whose lengths do not
+// add up, are protocol errors: nothing of them is delivered, and the
+// connection is discarded.
+func TestFaultBinaryMalformedFrames(t *testing.T) {
+	ok := binResp(binGet, 0, binOpaque, 1, be32(0), "", "stale")
+	patch := func(off int, v ...byte) []byte {
+		b := append([]byte(nil), ok...)
+		copy(b[off:], v)
+		return b
+	}
+	cases := []struct {
+		name  string
+		reply []byte
+	}{
+		{"bad magic", patch(0, 0x80)},
+		{"text instead of a frame", []byte("VALUE k 0 5\r\nstale\r\nEND\r\n")},
+		{"wrong opcode", patch(1, binGetK)},
+		{"wrong opaque", patch(12, 0, 0, 0, 1)},
+		{"body shorter than extras and key", patch(2, 0, 9)}, // keylen 9 + extlen 4 > bodylen 9
+		{"huge body length", patch(8, 0xff, 0xff, 0xff, 0xff)},
+		{"body over MaxValueLength", patch(8, 0x00, 0x10, 0x00, 0x00)},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := startFakeServer(t, func(fc *fakeConn) {
+				if fc.N == 0 {
+					if _, ok := fc.NextBinary(); !ok {
+						return
+					}
+					fc.Send(string(tc.reply))
+				}
+				fc.ServeAs(Binary, fresh)
+			})
+			c := newFaultClient(t, srv.Addr, Binary, Options{Timeout: time.Minute})
+			res := guardedGet(t, c, bg, "k")
+			require.ErrorIs(t, res.err, ErrProtocol)
+			assert.Empty(t, res.v)
+			afterFault(t, srv, c)
+		})
+	}
+}
