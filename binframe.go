@@ -144,11 +144,15 @@ func appendBinRequestHeader(dst []byte, opcode uint8, extLen, keyLen, valueLen i
 	})
 }
 
+// maxReplyKey is memcached's longest key (KEY_MAX_LENGTH). A response
+// carries the key asked for, or a stat name: nothing longer.
+const maxReplyKey = 250
+
 // checkBinResponse validates the response header h, decoded from hdr,
 // before any of its body is read or buffered: the magic, the data type
 // (raw bytes is the only one defined), extras and key that fit in the
-// body, and a value no longer than maxValue, so that a hostile length
-// cannot make the client allocate.
+// body, a key no longer than memcached's, and a value no longer than
+// maxValue, so that a hostile length cannot make the client allocate.
 func checkBinResponse(h binHeader, hdr []byte, maxValue int) error {
 	hdr = hdr[:binHeaderLen]
 	switch {
@@ -158,6 +162,8 @@ func checkBinResponse(h binHeader, hdr []byte, maxValue int) error {
 		return protocolError("unknown data type in response header", hdr)
 	case h.valueLen() < 0:
 		return protocolError("extras and key longer than the body", hdr)
+	case h.keyLen > maxReplyKey:
+		return protocolError("key longer than memcached allows in response header", hdr)
 	case h.valueLen() > int64(maxValue):
 		return incomingTooLarge(h.valueLen(), maxValue)
 	}

@@ -3,6 +3,7 @@ package ermc
 import (
 	"io"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -153,6 +154,7 @@ func TestFaultBinaryMalformedFrames(t *testing.T) {
 		{"body shorter than extras and key", patch(2, 0, 9)}, // keylen 9 + extlen 4 > bodylen 9
 		{"huge body length", patch(8, 0xff, 0xff, 0xff, 0xff)},
 		{"body over MaxValueLength", patch(8, 0x00, 0x10, 0x00, 0x00)},
+		{"key longer than memcached allows", binResp(binGet, 0, binOpaque, 1, be32(0), strings.Repeat("k", 251), "stale")},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -171,5 +173,25 @@ func TestFaultBinaryMalformedFrames(t *testing.T) {
 			assert.Empty(t, res.v)
 			afterFault(t, srv, c)
 		})
+	}
+}
+
+// A response header announcing a key longer than memcached's is refused
+// before any of its body is buffered: with a small MaxValueLength, a
+// 64 KiB key would otherwise be the largest allocation a reply can cause.
+func TestBinaryLongReplyKeyRefusedAtHeader(t *testing.T) {
+	for _, op := range []opcode{opGet, opGetMulti, opStats} {
+		r := &request{op: op, key: "k", keys: []string{"k"}, maxValue: 4096}
+		opcode, opaque := binOpcodes[op], binOpaque
+		if op == opGetMulti {
+			opaque = 0
+		}
+		hdr := appendBinHeader(nil, binHeader{magic: binMagicResponse, opcode: opcode, keyLen: 0xffff,
+			extLen: 4, bodyLen: 4 + 0xffff + 1, opaque: opaque})
+		n, done, err := parseBinaryReply(r, hdr)
+		assert.ErrorIs(t, err, ErrProtocol, "op %d", op)
+		assert.False(t, done)
+		assert.Zero(t, n, "op %d: header bytes used", op)
+		assert.Zero(t, cap(r.parse.scratch), "op %d: bytes buffered for the body", op)
 	}
 }
