@@ -279,8 +279,12 @@ func (fc *fakeConn) Serve(values map[string]string) {
 func fakeReply(req fakeRequest, values map[string]string) string {
 	var b strings.Builder
 	switch req.Fields[0] {
-	case "get", "gets":
-		for _, k := range req.Fields[1:] {
+	case "get", "gets", "gat":
+		keys := req.Fields[1:]
+		if req.Fields[0] == "gat" {
+			keys = keys[1:] // after the exptime
+		}
+		for _, k := range keys {
 			if v, ok := values[k]; ok {
 				fmt.Fprintf(&b, "VALUE %s 0 %d", k, len(v))
 				if req.Fields[0] == "gets" {
@@ -300,6 +304,8 @@ func fakeReply(req fakeRequest, values map[string]string) string {
 		}
 	case "version":
 		b.WriteString("VERSION fake\r\n")
+	case "stats":
+		b.WriteString("STAT pid 1\r\nEND\r\n")
 	default:
 		b.WriteString("ERROR\r\n")
 	}
@@ -371,9 +377,9 @@ func fakeBinaryReply(req fakeRequest, values map[string]string) []byte {
 	h := req.Bin
 	v, ok := values[req.Key]
 	switch h.opcode {
-	case binGet, binGetK, binGetKQ:
+	case binGet, binGetK, binGetKQ, binGAT:
 		key := ""
-		if h.opcode != binGet {
+		if h.opcode == binGetK || h.opcode == binGetKQ {
 			key = req.Key
 		}
 		switch {
@@ -394,6 +400,8 @@ func fakeBinaryReply(req fakeRequest, values map[string]string) []byte {
 		return binResp(h.opcode, binStatusKeyNotFound, h.opaque, 0, "", "", "Not found")
 	case binVersion:
 		return binResp(h.opcode, 0, h.opaque, 0, "", "", "fake")
+	case binStat:
+		return join(binResp(binStat, 0, h.opaque, 0, "", "pid", "1"), binResp(binStat, 0, h.opaque, 0, "", "", ""))
 	}
 	return binResp(h.opcode, binStatusUnknownCommand, h.opaque, 0, "", "", "Unknown command")
 }

@@ -3,6 +3,7 @@ package ermc
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -636,31 +637,142 @@ func TestFaultExtraBytesAfterReply(t *testing.T) {
 	}
 }
 
-func TestFaultIdleConnectionClosedByServer(t *testing.T) {
-	// A pooled connection the server closed while idle fails the next
-	// request with a ConnError (no silent retry: the request may have been
-	// sent); the one after reconnects.
-	srv := startFakeServer(t, func(fc *fakeConn) {
-		if fc.N == 0 {
-			if req, ok := fc.Next(); ok {
-				fc.Send(fakeReply(req, fresh))
+// serveOneThenHangUp answers the first request of every connection, then
+// closes it, as a server does with a connection that sits idle too long.
+func serveOneThenHangUp(proto Protocol) func(fc *fakeConn) {
+	return func(fc *fakeConn) {
+		for {
+			req, ok := fc.NextAs(proto)
+			if !ok {
+				return
 			}
-			return // hang up while idle
+			fc.Send(fakeReplyAs(proto, req, fresh))
+			if req.Bin == nil || req.Bin.opcode != binGetKQ {
+				return // a binary multi-get ends with its NOOP
+			}
 		}
-		fc.Serve(fresh)
-	})
-	c := newTestClient(t, srv.Addr, Text, Options{Timeout: 2 * time.Second})
-	res := guardedGet(t, c, bg, "k")
-	require.NoError(t, res.err)
-	srv.WaitEnded(0)
+	}
+}
 
-	res = guardedGet(t, c, bg, "k")
-	require.Error(t, res.err)
-	var ce *ConnError
-	assert.ErrorAs(t, res.err, &ce)
+// A pooled connection the server closed while it sat idle fails the next
+// request with no reply byte read. A read that changes nothing is then
+// sent again on a fresh connection and succeeds; any other command is not
+// (it may have been carried out) and reports the fault.
+func TestFaultIdleConnectionClosedByServer(t *testing.T) {
+	ops := []struct {
+		name   string
+		retry  bool
+		op     func(c *Client) error
+		expect string // the reply's value, for the retried reads
+	}{
+		{"get", true, func(c *Client) error { return wantGet(c.Get(bg, "k", nil)) }, ""},
+		{"gets", true, func(c *Client) error { v, _, err := c.Gets(bg, "k", nil); return wantGet(v, err) }, ""},
+		{"gat", true, func(c *Client) error { return wantGet(c.GetAndTouch(bg, "k", time.Hour, nil)) }, ""},
+		{"get multi", true, func(c *Client) error {
+			m, err := c.GetMultiMap(bg, []string{"k", "other"})
+			if err == nil && (string(m["k"]) != "fresh" || string(m["other"]) != "other-value") {
+				err = fmt.Errorf("values %q", m)
+			}
+			return err
+		}, ""},
+		{"version", true, func(c *Client) error { _, err := c.Version(bg); return err }, ""},
+		{"stats", true, func(c *Client) error { _, err := c.Stats(bg); return err }, ""},
+		{"set", false, func(c *Client) error { return c.Set(bg, "k", []byte("v"), 0) }, ""},
+		{"add", false, func(c *Client) error { return c.Add(bg, "k", []byte("v"), 0) }, ""},
+		{"replace", false, func(c *Client) error { return c.Replace(bg, "k", []byte("v"), 0) }, ""},
+		{"append", false, func(c *Client) error { return c.Append(bg, "k", []byte("v")) }, ""},
+		{"prepend", false, func(c *Client) error { return c.Prepend(bg, "k", []byte("v")) }, ""},
+		{"cas", false, func(c *Client) error { return c.CompareAndSwap(bg, "k", []byte("v"), 1, 0) }, ""},
+		{"incr", false, func(c *Client) error { _, err := c.Incr(bg, "k", 1); return err }, ""},
+		{"decr", false, func(c *Client) error { _, err := c.Decr(bg, "k", 1); return err }, ""},
+		{"delete", false, func(c *Client) error { return c.Delete(bg, "k") }, ""},
+		{"touch", false, func(c *Client) error { return c.Touch(bg, "k", time.Hour) }, ""},
+		{"flush_all", false, func(c *Client) error { return c.FlushAll(bg) }, ""},
+	}
+	for _, proto := range []Protocol{Text, Binary} {
+		for _, tc := range ops {
+			t.Run(proto.String()+"/"+tc.name, func(t *testing.T) {
+				srv := startFakeServer(t, serveOneThenHangUp(proto))
+				c := newTestClient(t, srv.Addr, proto, Options{Timeout: 2 * time.Second, MaxConns: 1})
+				res := guardedGet(t, c, bg, "k")
+				require.NoError(t, res.err)
+				srv.WaitEnded(0) // the pooled connection is now closed by the server
 
-	res = guardedGet(t, c, bg, "k")
-	require.NoError(t, res.err)
-	assert.Equal(t, "fresh", res.v)
-	assert.Equal(t, 2, srv.Accepted())
+				err := guarded(t, func() error { return tc.op(c) })
+				if tc.retry {
+					require.NoError(t, err, "a read on a stale idle connection is retried")
+					assert.Equal(t, 2, srv.Accepted(), "the retry uses a fresh connection")
+					return
+				}
+				var ce *ConnError
+				require.ErrorAs(t, err, &ce, "the fault is reported")
+				assert.Equal(t, 1, srv.Accepted(), "a command that may have been carried out is not sent again")
+				res = guardedGet(t, c, bg, "k")
+				require.NoError(t, res.err, "the request after it reconnects")
+				assert.Equal(t, "fresh", res.v)
+			})
+		}
+	}
+}
+
+// wantGet turns a get's result into an error unless it is "fresh".
+func wantGet(v []byte, err error) error {
+	if err == nil && string(v) != "fresh" {
+		return fmt.Errorf("value %q, want %q", v, "fresh")
+	}
+	return err
+}
+
+// The retry is only for a connection that sat idle in the pool and broke
+// before any reply byte: not for a fresh connection, not once part of the
+// reply has come, not after a timeout.
+func TestFaultNoRetryUnlessStaleIdle(t *testing.T) {
+	cases := []struct {
+		name   string
+		warm   bool   // a request first, so the failing one reuses an idle connection
+		reply  string // what connection 0 sends to the failing request before hanging up
+		stall  bool   // stall instead of hanging up
+		reason string
+	}{
+		{"fresh connection", false, "", false, "the connection was not idle: the server hung up on the request"},
+		{"part of the reply read", true, "VALUE k 0 5\r\nst", false, "the server answered part of the request"},
+		{"timeout", true, "", true, "a stalled server is not retried: the caller would wait twice"},
+	}
+	for _, proto := range []Protocol{Text, Binary} {
+		for _, tc := range cases {
+			t.Run(proto.String()+"/"+tc.name, func(t *testing.T) {
+				reply := tc.reply
+				if proto == Binary && reply != "" {
+					reply = string(binResp(binGet, 0, binOpaque, 1, be32(0), "", "stale"))[:binHeaderLen+6]
+				}
+				srv := startFakeServer(t, func(fc *fakeConn) {
+					if fc.N > 0 {
+						fc.ServeAs(proto, fresh)
+						return
+					}
+					if tc.warm {
+						req, ok := fc.NextAs(proto)
+						if !ok {
+							return
+						}
+						fc.Send(fakeReplyAs(proto, req, fresh))
+					}
+					if _, ok := fc.NextAs(proto); !ok {
+						return
+					}
+					fc.Send(reply)
+					if tc.stall {
+						fc.Stall()
+					}
+				})
+				c := newTestClient(t, srv.Addr, proto, Options{Timeout: 200 * time.Millisecond, MaxConns: 1})
+				if tc.warm {
+					require.NoError(t, guardedGet(t, c, bg, "k").err)
+				}
+				res := guardedGet(t, c, bg, "k")
+				require.Error(t, res.err, tc.reason)
+				assert.Equal(t, 1, srv.Accepted(), tc.reason)
+			})
+		}
+	}
 }
