@@ -506,13 +506,13 @@ func (ln *lane) finishParse(r *request) {
 // one whose reply was cut included) completes with err, so no later reply can reach the
 // wrong request. Queued requests stay queued for a fresh connection.
 func (ln *lane) fail(nc net.Conn, err error) {
-	nc.Close()
 	if err == nil {
 		err = &ConnError{Op: "read", Addr: ln.u.d.addr, Err: errDiscardConn}
 	}
 	ln.mu.Lock()
 	if ln.nc != nc {
 		ln.mu.Unlock() // closed by Close before it was installed
+		nc.Close()
 		return
 	}
 	ln.nc = nil
@@ -526,6 +526,9 @@ func (ln *lane) fail(nc net.Conn, err error) {
 		ln.writing = true
 	}
 	ln.mu.Unlock()
+	// Closed only once the lane has let go of nc: a write blocked on it
+	// then fails, and closeWith must not take that failure for the cause.
+	nc.Close()
 	select {
 	case ln.space <- struct{}{}:
 	default:
