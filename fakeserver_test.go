@@ -314,10 +314,11 @@ func fakeReply(req fakeRequest, values map[string]string) string {
 
 // ReadSlowly makes the fake read at most n bytes at a time from now on,
 // with a small socket receive buffer, so a client's large write is
-// accepted by the kernel a little at a time.
+// accepted by the kernel a little at a time. (Smaller buffers make TCP
+// wait for delayed acknowledgements and the tests slow.)
 func (fc *fakeConn) ReadSlowly(n int) {
 	if tc, ok := fc.nc.(*net.TCPConn); ok {
-		_ = tc.SetReadBuffer(4096)
+		_ = tc.SetReadBuffer(16 << 10)
 	}
 	fc.maxRead.Store(int32(n))
 }

@@ -1,7 +1,9 @@
 package ermc
 
 import (
+	"context"
 	"io"
+	"net"
 	"strconv"
 	"strings"
 	"testing"
@@ -193,5 +195,174 @@ func TestBinaryLongReplyKeyRefusedAtHeader(t *testing.T) {
 		assert.False(t, done)
 		assert.Zero(t, n, "op %d: header bytes used", op)
 		assert.Zero(t, cap(r.parse.scratch), "op %d: bytes buffered for the body", op)
+	}
+}
+
+// A reply line that never ends (no newline, ever) is refused once it is
+// longer than any valid line: the client neither waits for the deadline
+// nor buffers the stream. Binary meets it as a text error line that never
+// ends.
+func TestFaultEndlessLine(t *testing.T) {
+	for _, proto := range wireDrivers {
+		t.Run(proto.String(), func(t *testing.T) {
+			start := "VALUE k 0 5"
+			if proto == Binary {
+				start = "ERROR "
+			}
+			srv := startFakeServer(t, func(fc *fakeConn) {
+				if fc.N == 0 {
+					if _, ok := fc.NextAs(proto); !ok {
+						return
+					}
+					fc.Send(start)
+					sendForever(fc, []byte(strings.Repeat("x", 1000)))
+					return
+				}
+				fc.ServeAs(proto, fresh)
+			})
+			c := newFaultClient(t, srv.Addr, proto, Options{Timeout: time.Minute})
+			res := guardedGet(t, c, bg, "k")
+			require.ErrorIs(t, res.err, ErrProtocol)
+			assert.Contains(t, res.err.Error(), "too long")
+			afterFault(t, srv, c)
+		})
+	}
+}
+
+// smallBufferDial dials with a small socket send buffer, so that a large
+// request leaves the client in several partial writes.
+func smallBufferDial(ctx context.Context, network, addr string) (net.Conn, error) {
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, network, addr)
+	if tc, ok := nc.(*net.TCPConn); ok {
+		_ = tc.SetWriteBuffer(4096)
+	}
+	return nc, err
+}
+
+// A server that reads slowly, a few bytes at a time, takes a large value
+// in many partial writes: the request completes within its Timeout, the
+// server receives exactly the value, and the connection stays in step.
+func TestFaultSlowReader(t *testing.T) {
+	value := valueFor("big", 200_000)
+	for _, proto := range wireDrivers {
+		t.Run(proto.String(), func(t *testing.T) {
+			got := make(chan []byte, 1)
+			srv := startFakeServer(t, func(fc *fakeConn) {
+				fc.ReadSlowly(7)
+				req, ok := fc.NextAs(proto)
+				if !ok {
+					return
+				}
+				got <- req.Data
+				fc.Send(fakeReplyAs(proto, req, fresh))
+				fc.ServeAs(proto, fresh)
+			})
+			c := newFaultClient(t, srv.Addr, proto, Options{Timeout: time.Minute, DialContext: smallBufferDial})
+			require.NoError(t, guarded(t, func() error { return c.Set(bg, "big", value, 0) }))
+			assert.Equal(t, value, <-got, "the server received the value intact")
+			res := guardedGet(t, c, bg, "k")
+			require.NoError(t, res.err)
+			assert.Equal(t, "fresh", res.v)
+			assert.Equal(t, 1, srv.Accepted())
+		})
+	}
+}
+
+// A server that stops reading in the middle of a large request: the
+// client's write blocks until Timeout, the fault is a timeout, and the
+// next request goes over a fresh connection.
+func TestFaultStalledWrite(t *testing.T) {
+	value := make([]byte, 900_000)
+	for _, proto := range wireDrivers {
+		t.Run(proto.String(), func(t *testing.T) {
+			release := make(chan struct{})
+			srv := startFakeServer(t, func(fc *fakeConn) {
+				if fc.N == 0 {
+					fc.ReadSlowly(1 << 10)
+					fc.r.Peek(1) // the request has started, and nothing more is read
+					if fc.Wait(release) {
+						_, _ = io.Copy(io.Discard, fc) // until the client hangs up
+					}
+					return
+				}
+				fc.ServeAs(proto, fresh)
+			})
+			c := newFaultClient(t, srv.Addr, proto, Options{Timeout: 200 * time.Millisecond, DialContext: smallBufferDial})
+			err := guarded(t, func() error { return c.Set(bg, "big", value, 0) })
+			close(release)
+			var ce *ConnError
+			require.ErrorAs(t, err, &ce)
+			assert.True(t, ce.Timeout(), "%v", err)
+			afterFault(t, srv, c)
+		})
+	}
+}
+
+// On Ultra a cancelled request gives its place in the pipeline to a sink
+// that reads and drops its reply, so the connection is kept and the next
+// request gets its own value. A request whose reply is already being
+// parsed cannot leave mid-parse: it ends when the reply does or when the
+// connection's Timeout fails the connection, never with a value.
+func TestUltraCanceledMidRequest(t *testing.T) {
+	for _, sp := range stallPoints {
+		t.Run(sp.name, func(t *testing.T) {
+			release := make(chan struct{})
+			srv := startFakeServer(t, stallScript(Ultra, sp.partial, sp.late, release))
+			t.Cleanup(func() {
+				select {
+				case <-release:
+				default:
+					close(release)
+				}
+			})
+			waiting := sp.partial == "" // no reply byte yet: not being parsed
+			timeout := time.Minute      // only the cancellation can end the request in time
+			if !waiting {
+				timeout = 200 * time.Millisecond
+			}
+			c := newFaultClient(t, srv.Addr, Ultra, Options{Timeout: timeout})
+			ctx, cancel := context.WithCancel(bg)
+			defer cancel()
+			go func() {
+				srv.WaitRequest()
+				if !waiting {
+					waitUltraParsing(c)
+				}
+				cancel()
+			}()
+			res := guardedGet(t, c, ctx, "k")
+			require.Error(t, res.err)
+			assert.Empty(t, res.v)
+			if !waiting {
+				var ce *ConnError
+				require.ErrorAs(t, res.err, &ce)
+				assert.True(t, ce.Timeout(), "%v", res.err)
+				close(release)
+				afterFault(t, srv, c)
+				return
+			}
+			assert.ErrorIs(t, res.err, context.Canceled)
+			close(release) // the stale reply now reaches the sink
+			res = guardedGet(t, c, bg, "k")
+			require.NoError(t, res.err)
+			assert.Equal(t, "fresh", res.v, "the sink took the stale reply")
+			assert.Equal(t, 1, srv.Accepted(), "the connection was kept")
+		})
+	}
+}
+
+// waitUltraParsing waits until c's (single) lane has started parsing the
+// reply of the request at the head of its pipeline.
+func waitUltraParsing(c *Client) {
+	ln := c.drv.(*ultraDriver).lanes[0]
+	for deadline := time.Now().Add(hangGuard); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		ln.mu.Lock()
+		r := ln.flight.peek()
+		parsing := r != nil && r.where == atParse
+		ln.mu.Unlock()
+		if parsing {
+			return
+		}
 	}
 }
