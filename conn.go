@@ -380,15 +380,16 @@ func (p *connPool) do(ctx context.Context, r *request) error {
 // are never retried: the server may have carried the command out before
 // the connection broke.
 func retryOnFresh(ctx context.Context, r *request, cn *conn, err error) bool {
-	var ce *ConnError
-	if cn.got > 0 || ctx.Err() != nil || !errors.As(err, &ce) || ce.Timeout() {
+	if err == nil || cn.got > 0 || ctx.Err() != nil {
 		return false
 	}
 	switch r.op {
 	case opGet, opGets, opGat, opGetMulti, opVersion, opStats:
-		return true
+	default:
+		return false
 	}
-	return false
+	var ce *ConnError // declared here: it escapes, and the success path must not allocate
+	return errors.As(err, &ce) && !ce.Timeout()
 }
 
 // replace closes a broken connection and dials its replacement under the
