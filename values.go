@@ -62,12 +62,14 @@ func appendDecompressed(dst, src []byte, maxLen int) ([]byte, error) {
 	return dst[:start+size], nil
 }
 
-// grow makes room for n more bytes after len(b), keeping len(b).
+// grow makes room for n more bytes after len(b), keeping len(b). The new
+// capacity doubles what is kept, not the old capacity: a scratch buffer
+// reused as b[:0] gets exactly n, so no more than one value is buffered.
 func grow(b []byte, n int) []byte {
 	if cap(b)-len(b) >= n {
 		return b
 	}
-	nb := make([]byte, len(b), 2*cap(b)+n)
+	nb := make([]byte, len(b), 2*len(b)+n)
 	copy(nb, b)
 	return nb
 }
