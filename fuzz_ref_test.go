@@ -55,14 +55,14 @@ func refValue(it refItem, maxLen int) (v []byte, ok bool) {
 	return out, true
 }
 
-// refTextLine returns the first CRLF-terminated line of b. A line holding
-// a lone CR or LF is not a line of the protocol.
+// refTextLine returns the first line of b: up to the first LF, which
+// must follow a CR. (A CR elsewhere is part of the line.)
 func refTextLine(b []byte) (line string, size int, ok bool) {
-	i := bytes.Index(b, []byte("\r\n"))
-	if i < 0 || bytes.ContainsAny(b[:i], "\r\n") {
+	i := bytes.IndexByte(b, '\n')
+	if i < 1 || b[i-1] != '\r' {
 		return "", 0, false
 	}
-	return string(b[:i]), i + 2, true
+	return string(b[:i-1]), i + 1, true
 }
 
 // refIsErrorLine reports whether line is one of memcached's error replies.
