@@ -27,6 +27,22 @@ func TestGrowReusedScratchIsExact(t *testing.T) {
 	}
 }
 
+// A compressed value declaring 0 bytes is decoded into a nil dst (Get
+// with no buffer): it must be refused or read as empty, not crash the
+// process. pierrec/lz4's decoder, given a nil destination, follows a
+// match offset to a wild address.
+func TestDecompressEmptyIntoNil(t *testing.T) {
+	hostile := []byte("\x00\x00\x00\x00\x00\r\nEND\r\n\x00\x81\xff VALUE a 0 1")
+	if out, err := appendDecompressed(nil, hostile, 100); !errors.Is(err, ErrCorruptValue) || len(out) != 0 {
+		t.Fatalf("zero-length value with a block: %q, %v", out, err)
+	}
+	for _, empty := range [][]byte{{0, 0, 0, 0}, {0, 0, 0, 0, 0}} { // python-lz4 writes the second
+		if out, err := appendDecompressed(nil, empty, 100); err != nil || len(out) != 0 {
+			t.Fatalf("empty value %x: %q, %v", empty, out, err)
+		}
+	}
+}
+
 // FuzzDecompress feeds arbitrary bytes to the compressed-value decoder.
 // It appends to dst and never changes what dst held; it allocates no more
 // than maxLen for the value whatever length the bytes declare; a failure
@@ -38,7 +54,10 @@ func FuzzDecompress(f *testing.F) {
 	f.Add(uint16(0), []byte("x"), []byte{0, 0, 0, 0})
 	f.Add(uint16(100), []byte(nil), []byte{1, 0})
 	f.Fuzz(func(t *testing.T, maxLen uint16, prefix, src []byte) {
-		dst := append(make([]byte, 0, len(prefix)), prefix...)
+		var dst []byte // nil, as Get(ctx, key, nil) passes it
+		if len(prefix) > 0 {
+			dst = append(make([]byte, 0, len(prefix)), prefix...)
+		}
 		out, err := appendDecompressed(dst, src, int(maxLen))
 		if !bytes.Equal(out[:min(len(out), len(prefix))], prefix) || len(out) < len(prefix) {
 			t.Fatalf("dst %q became %q", prefix, out)
