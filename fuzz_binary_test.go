@@ -26,7 +26,7 @@ func FuzzBinaryReply(f *testing.F) {
 	f.Add(uint8(opGet), uint8(3), binResp(binGet, 0, binOpaque, 1, be32(5), "", "hello"))
 	f.Add(uint8(opGet), uint8(1), binResp(binGet, 1, binOpaque, 0, "", "", "Not found"))
 	f.Add(uint8(opGetMulti), uint8(5), join(
-		binResp(binGetKQ, 0, 1, 1, be32(0), "b", "B"),
+		binResp(binGetKQ, 0, 1, 1, be32(0), "a2", "B"),
 		binResp(binNoop, 0, 2, 0, "", "", "")))
 	f.Add(uint8(opStats), uint8(7), join(
 		binResp(binStat, 0, binOpaque, 0, "", "pid", "1"),
@@ -36,7 +36,7 @@ func FuzzBinaryReply(f *testing.F) {
 	f.Add(uint8(opGet), uint8(4), []byte("ERROR Too many open connections\r\n"))
 	f.Fuzz(func(t *testing.T, op, chunk uint8, reply []byte) {
 		newReq := func() *request {
-			return &request{op: opcode(op % uint8(opAuth+1)), key: "a", keys: []string{"a", "b"}, maxValue: 1 << 16}
+			return &request{op: opcode(op % uint8(opAuth+1)), key: "a", keys: fuzzKeys, maxValue: 1 << 16}
 		}
 		limit := binScratchLimit(1 << 16)
 		r := newReq()
