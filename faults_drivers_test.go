@@ -366,3 +366,14 @@ func waitUltraParsing(c *Client) {
 		}
 	}
 }
+
+// A reply line over the line bound is refused however it arrives: whole
+// in one read, or in pieces.
+func TestTextLongLineRefusedWholeOrSplit(t *testing.T) {
+	reply := []byte(strings.Repeat("x", maxTextLine+1) + "\r\nMN\r\n")
+	for _, step := range []int{len(reply), 100, 1} {
+		r := &request{op: opFence, maxValue: fuzzMaxValue}
+		_, err := feedReply(t, parseTextReply, r, reply, step, fuzzMaxValue+2)
+		assert.ErrorIs(t, err, ErrProtocol, "in %d-byte pieces", step)
+	}
+}

@@ -135,11 +135,13 @@ func parseTextReply(r *request, buf []byte) (n int, done bool, err error) {
 			continue
 		}
 		i := bytes.IndexByte(buf[n:], '\n')
-		if i < 0 {
-			if len(buf)-n > maxTextLine {
-				return n, false, protocolError("reply line too long", buf[n:n+64])
-			}
+		if i < 0 && len(buf)-n <= maxTextLine {
 			return n, false, nil
+		}
+		if i < 0 || i > maxTextLine {
+			// Refused whether or not its end has arrived, so that the
+			// outcome does not depend on how the bytes were split.
+			return n, false, protocolError("reply line too long", buf[n:n+64])
 		}
 		if i == 0 || buf[n+i-1] != '\r' {
 			return n, false, protocolError("reply line not ended by CRLF", buf[n:n+i+1])
