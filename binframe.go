@@ -1,7 +1,9 @@
 package ermc
 
 import (
+	"bytes"
 	"encoding/binary"
+	"fmt"
 	"math"
 )
 
@@ -142,11 +144,15 @@ func appendBinRequestHeader(dst []byte, opcode uint8, extLen, keyLen, valueLen i
 	})
 }
 
+// maxReplyKey is memcached's longest key (KEY_MAX_LENGTH). A response
+// carries the key asked for, or a stat name: nothing longer.
+const maxReplyKey = 250
+
 // checkBinResponse validates the response header h, decoded from hdr,
 // before any of its body is read or buffered: the magic, the data type
 // (raw bytes is the only one defined), extras and key that fit in the
-// body, and a value no longer than maxValue, so that a hostile length
-// cannot make the client allocate.
+// body, a key no longer than memcached's, and a value no longer than
+// maxValue, so that a hostile length cannot make the client allocate.
 func checkBinResponse(h binHeader, hdr []byte, maxValue int) error {
 	hdr = hdr[:binHeaderLen]
 	switch {
@@ -156,6 +162,8 @@ func checkBinResponse(h binHeader, hdr []byte, maxValue int) error {
 		return protocolError("unknown data type in response header", hdr)
 	case h.valueLen() < 0:
 		return protocolError("extras and key longer than the body", hdr)
+	case h.keyLen > maxReplyKey:
+		return protocolError("key longer than memcached allows in response header", hdr)
 	case h.valueLen() > int64(maxValue):
 		return incomingTooLarge(h.valueLen(), maxValue)
 	}
@@ -327,6 +335,9 @@ func nextBinFrame(r *request, buf []byte) (frame []byte, used int, err error) {
 	if len(buf) < binHeaderLen {
 		return nil, 0, nil
 	}
+	if isText, err := binTextError(buf); isText {
+		return nil, 0, err
+	}
 	h := decodeBinHeader(buf)
 	if err := checkBinResponse(h, buf, binReplyLimit(r, h)); err != nil {
 		return nil, 0, err
@@ -342,6 +353,38 @@ func nextBinFrame(r *request, buf []byte) (frame []byte, used int, err error) {
 	r.parse.pending = size - len(buf)
 	r.parse.phase = binPhaseBody
 	return nil, len(buf), nil
+}
+
+// textErrorPrefixes start the lines memcached sends in text before it
+// knows a connection's protocol, as when it refuses a connection over its
+// limit: "ERROR Too many open connections".
+var textErrorPrefixes = [][]byte{[]byte("ERROR"), []byte("SERVER_ERROR"), []byte("CLIENT_ERROR")}
+
+// binTextError recognizes a text error line where a response header was
+// expected. Once the line is complete it returns an error matching both
+// ErrProtocol (the connection is not in step) and *ServerError carrying
+// the line; before that, a nil error: more bytes are needed.
+func binTextError(buf []byte) (isText bool, err error) {
+	if buf[0] == binMagicResponse {
+		return false, nil
+	}
+	for _, p := range textErrorPrefixes {
+		if bytes.HasPrefix(buf, p) {
+			isText = true
+		}
+	}
+	if !isText {
+		return false, nil
+	}
+	line, _, complete := bytes.Cut(buf, []byte{'\n'})
+	switch {
+	case complete:
+		se := &ServerError{Message: boundedMessage(bytes.TrimSuffix(line, []byte{'\r'}))}
+		return true, fmt.Errorf("%w: text reply to a binary request: %w", ErrProtocol, se)
+	case len(buf) > maxTextLine:
+		return true, protocolError("text reply line too long", buf[:64])
+	}
+	return true, nil
 }
 
 // binReplyLimit is the longest value the response h to r may carry:
@@ -391,11 +434,7 @@ func handleBinFrame(r *request, frame []byte) (done bool, err error) {
 		if len(key) == 0 && len(value) == 0 {
 			return true, nil
 		}
-		if r.stats == nil {
-			r.stats = make(map[string]string)
-		}
-		r.stats[string(key)] = string(value)
-		return false, nil
+		return false, r.addStat(key, value)
 	case opVersion:
 		r.text = string(value)
 	}
@@ -414,6 +453,9 @@ func binValue(r *request, index int, h binHeader, extras, key, value, frame []by
 		want = r.keys[index]
 		if len(key) == 0 {
 			return protocolError("GETKQ reply without its key", frame[:binHeaderLen])
+		}
+		if err := r.countValue(key); err != nil {
+			return err
 		}
 	}
 	if len(key) > 0 && string(key) != want {

@@ -115,6 +115,7 @@ type conn struct {
 	// deadlineSet is the deadline last given to nc, so that a request whose
 	// deadline did not move (same coarse clock tick) skips the call.
 	deadlineSet time.Time
+	got         int // reply bytes read in the current round trip
 }
 
 func newConn(nc net.Conn, d *dialer) *conn {
@@ -238,6 +239,7 @@ func (cn *conn) annotate(ctx context.Context, err error) error {
 
 // exchange writes r and parses its reply from the connection.
 func (cn *conn) exchange(r *request) error {
+	cn.got = 0
 	cn.wbuf = cn.d.codec.appendRequest(cn.wbuf[:0], r)
 	_, err := cn.nc.Write(cn.wbuf)
 	if cap(cn.wbuf) > maxRetainedWriteBuffer {
@@ -286,6 +288,7 @@ func (cn *conn) fill() error {
 	}
 	n, err := cn.nc.Read(cn.rbuf[cn.rend:])
 	cn.rend += n
+	cn.got += n
 	if err != nil && n == 0 {
 		return &ConnError{Op: "read", Addr: cn.d.addr, Err: err}
 	}
@@ -312,32 +315,32 @@ func newConnPool(network, addr string, opts *Options, c codec) *connPool {
 
 // get returns an idle connection, or dials one while under MaxConns, or
 // waits for one to come back, whichever is first; the context bounds the
-// wait.
-func (p *connPool) get(ctx context.Context) (*conn, error) {
+// wait. reused tells an idle connection from a new one.
+func (p *connPool) get(ctx context.Context) (cn *conn, reused bool, err error) {
 	if p.closed.Load() {
-		return nil, ErrClosed
+		return nil, false, ErrClosed
 	}
 	if err := ctx.Err(); err != nil {
 		// Already cancelled or expired: send nothing.
-		return nil, &ConnError{Op: "wait for connection", Addr: p.d.addr, Err: err}
+		return nil, false, &ConnError{Op: "wait for connection", Addr: p.d.addr, Err: err}
 	}
 	select {
 	case cn := <-p.idle:
-		return cn, nil
+		return cn, true, nil
 	default:
 	}
 	select {
 	case cn := <-p.idle:
-		return cn, nil
+		return cn, true, nil
 	case p.tokens <- struct{}{}:
 		cn, err := p.d.dial(ctx)
 		if err != nil {
 			<-p.tokens
-			return nil, err
+			return nil, false, err
 		}
-		return cn, nil
+		return cn, false, nil
 	case <-ctx.Done():
-		return nil, &ConnError{Op: "wait for connection", Addr: p.d.addr, Err: ctx.Err()}
+		return nil, false, &ConnError{Op: "wait for connection", Addr: p.d.addr, Err: ctx.Err()}
 	}
 }
 
@@ -371,11 +374,18 @@ func (p *connPool) drain() {
 
 // do runs one request on a pooled connection.
 func (p *connPool) do(ctx context.Context, r *request) error {
-	cn, err := p.get(ctx)
+	cn, reused, err := p.get(ctx)
 	if err != nil {
 		return err
 	}
 	err = cn.roundTrip(ctx, r)
+	if reused && retryOnFresh(ctx, r, cn, err) {
+		cn, err = p.replace(ctx, cn)
+		if err != nil {
+			return err
+		}
+		err = cn.roundTrip(ctx, r)
+	}
 	p.put(cn, err == nil)
 	if err == errDiscardConn {
 		return nil
@@ -383,9 +393,43 @@ func (p *connPool) do(ctx context.Context, r *request) error {
 	return err
 }
 
+// retryOnFresh reports whether a request that failed with err on a reused
+// idle connection may be sent again on a new one. A server closes idle
+// connections (memcached's idle_timeout, a restart, a proxy), and the
+// client only finds out when it uses one: the write succeeds, the read
+// sees EOF or a reset. That is safe to retry only for a read that changes
+// nothing and only when no reply byte came back. gat is included: touching
+// twice sets the same TTL. Writes, incr/decr, delete, touch and flush_all
+// are never retried: the server may have carried the command out before
+// the connection broke.
+func retryOnFresh(ctx context.Context, r *request, cn *conn, err error) bool {
+	if err == nil || cn.got > 0 || ctx.Err() != nil {
+		return false
+	}
+	switch r.op {
+	case opGet, opGets, opGat, opGetMulti, opVersion, opStats:
+	default:
+		return false
+	}
+	var ce *ConnError // declared here: it escapes, and the success path must not allocate
+	return errors.As(err, &ce) && !ce.Timeout()
+}
+
+// replace closes a broken connection and dials its replacement under the
+// same token, so the retry never waits for another request to finish.
+func (p *connPool) replace(ctx context.Context, old *conn) (*conn, error) {
+	old.close()
+	cn, err := p.d.dial(ctx)
+	if err != nil {
+		<-p.tokens
+		return nil, err
+	}
+	return cn, nil
+}
+
 // connect makes sure one connection can be opened and authenticated.
 func (p *connPool) connect(ctx context.Context) error {
-	cn, err := p.get(ctx)
+	cn, _, err := p.get(ctx)
 	if err != nil {
 		return err
 	}

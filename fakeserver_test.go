@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -38,9 +39,11 @@ type fakeServer struct {
 // fakeRequest is one command the fake read.
 type fakeRequest struct {
 	Conn   int      // index of the connection, in accept order
-	Line   string   // the command line without CRLF
+	Line   string   // the command line without CRLF; binary: "bin <opcode> <key>"
 	Fields []string // Line split on spaces
-	Data   []byte   // a storage command's data block, without CRLF
+	Data   []byte   // a storage command's data block, without CRLF; binary: the value
+	Bin    *binHeader
+	Key    string // binary: the key
 }
 
 // fakeConn is the server side of one accepted connection.
@@ -52,6 +55,7 @@ type fakeConn struct {
 	peerClosed chan struct{} // closed when a read sees EOF or an error
 	ended      chan struct{} // closed when the script returned and the fake hung up
 	closeOnce  sync.Once
+	maxRead    atomic.Int32 // when > 0, each read takes at most this many bytes
 }
 
 // startFakeServer starts a fake whose connections run script. It stops
@@ -190,6 +194,9 @@ const hangGuard = 5 * time.Second
 
 // Read records what the client sent and notices when it hangs up.
 func (fc *fakeConn) Read(p []byte) (int, error) {
+	if m := int(fc.maxRead.Load()); m > 0 && len(p) > m {
+		p = p[:m]
+	}
 	n, err := fc.nc.Read(p)
 	if n > 0 {
 		fc.srv.mu.Lock()
@@ -272,8 +279,12 @@ func (fc *fakeConn) Serve(values map[string]string) {
 func fakeReply(req fakeRequest, values map[string]string) string {
 	var b strings.Builder
 	switch req.Fields[0] {
-	case "get", "gets":
-		for _, k := range req.Fields[1:] {
+	case "get", "gets", "gat":
+		keys := req.Fields[1:]
+		if req.Fields[0] == "gat" {
+			keys = keys[1:] // after the exptime
+		}
+		for _, k := range keys {
 			if v, ok := values[k]; ok {
 				fmt.Fprintf(&b, "VALUE %s 0 %d", k, len(v))
 				if req.Fields[0] == "gets" {
@@ -293,8 +304,105 @@ func fakeReply(req fakeRequest, values map[string]string) string {
 		}
 	case "version":
 		b.WriteString("VERSION fake\r\n")
+	case "stats":
+		b.WriteString("STAT pid 1\r\nEND\r\n")
 	default:
 		b.WriteString("ERROR\r\n")
 	}
 	return b.String()
+}
+
+// ReadSlowly makes the fake read at most n bytes at a time from now on,
+// with a small socket receive buffer, so a client's large write is
+// accepted by the kernel a little at a time. (Smaller buffers make TCP
+// wait for delayed acknowledgements and the tests slow.)
+func (fc *fakeConn) ReadSlowly(n int) {
+	if tc, ok := fc.nc.(*net.TCPConn); ok {
+		_ = tc.SetReadBuffer(16 << 10)
+	}
+	fc.maxRead.Store(int32(n))
+}
+
+// NextBinary reads one binary protocol request frame. It returns false
+// when the client hung up or the server is stopping.
+func (fc *fakeConn) NextBinary() (fakeRequest, bool) {
+	hdr := make([]byte, binHeaderLen)
+	if _, err := io.ReadFull(fc.r, hdr); err != nil {
+		return fakeRequest{}, false
+	}
+	h := decodeBinHeader(hdr)
+	body := make([]byte, h.bodyLen)
+	if _, err := io.ReadFull(fc.r, body); err != nil {
+		return fakeRequest{}, false
+	}
+	keyEnd := min(int(h.extLen)+int(h.keyLen), len(body))
+	key := string(body[min(int(h.extLen), keyEnd):keyEnd])
+	req := fakeRequest{Conn: fc.N, Line: fmt.Sprintf("bin %d %s", h.opcode, key), Bin: &h, Key: key, Data: body[keyEnd:]}
+	req.Fields = strings.Split(req.Line, " ")
+	select {
+	case fc.srv.requests <- req:
+	default:
+	}
+	return req, true
+}
+
+// NextAs reads one request in the wire format of proto.
+func (fc *fakeConn) NextAs(proto Protocol) (fakeRequest, bool) {
+	if proto == Binary {
+		return fc.NextBinary()
+	}
+	return fc.Next()
+}
+
+// ServeAs is Serve in the wire format of proto.
+func (fc *fakeConn) ServeAs(proto Protocol, values map[string]string) {
+	for {
+		req, ok := fc.NextAs(proto)
+		if !ok {
+			return
+		}
+		fc.Send(fakeReplyAs(proto, req, values))
+	}
+}
+
+// fakeReplyAs is fakeReply in the wire format of proto.
+func fakeReplyAs(proto Protocol, req fakeRequest, values map[string]string) string {
+	if proto != Binary {
+		return fakeReply(req, values)
+	}
+	return string(fakeBinaryReply(req, values))
+}
+
+// fakeBinaryReply is a plausible memcached answer to a binary request.
+func fakeBinaryReply(req fakeRequest, values map[string]string) []byte {
+	h := req.Bin
+	v, ok := values[req.Key]
+	switch h.opcode {
+	case binGet, binGetK, binGetKQ, binGAT:
+		key := ""
+		if h.opcode == binGetK || h.opcode == binGetKQ {
+			key = req.Key
+		}
+		switch {
+		case ok:
+			return binResp(h.opcode, 0, h.opaque, 1, be32(0), key, v)
+		case h.opcode == binGetKQ:
+			return nil // quiet: a miss is not answered
+		}
+		return binResp(h.opcode, binStatusKeyNotFound, h.opaque, 0, "", "", "Not found")
+	case binNoop:
+		return binResp(binNoop, 0, h.opaque, 0, "", "", "")
+	case binSet, binAdd, binReplace, binAppend, binPrepend:
+		return binResp(h.opcode, 0, h.opaque, 2, "", "", "")
+	case binDelete:
+		if ok {
+			return binResp(h.opcode, 0, h.opaque, 0, "", "", "")
+		}
+		return binResp(h.opcode, binStatusKeyNotFound, h.opaque, 0, "", "", "Not found")
+	case binVersion:
+		return binResp(h.opcode, 0, h.opaque, 0, "", "", "fake")
+	case binStat:
+		return join(binResp(binStat, 0, h.opaque, 0, "", "pid", "1"), binResp(binStat, 0, h.opaque, 0, "", "", ""))
+	}
+	return binResp(h.opcode, binStatusUnknownCommand, h.opaque, 0, "", "", "Unknown command")
 }

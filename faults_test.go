@@ -3,6 +3,7 @@ package ermc
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -17,9 +18,25 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// Fault tolerance of the Text driver against the scripted fake server:
+// Fault tolerance of the wire drivers against the scripted fake server:
 // every fault is reported, a broken connection is never reused, and the
-// next request gets its own reply on a fresh connection.
+// next request gets its own reply on a fresh connection. Most tests run on
+// every wire driver; faults_drivers_test.go has the driver-specific ones.
+
+// newFaultClient is newTestClient with one connection for Ultra (instead
+// of one per core), so that a request after a fault would reuse the faulty
+// connection if the driver kept it.
+func newFaultClient(t *testing.T, addr string, proto Protocol, opts Options) *Client {
+	t.Helper()
+	c := newTestClient(t, addr, proto, opts)
+	if u, ok := c.drv.(*ultraDriver); ok {
+		u.lanes = u.lanes[:1]
+	}
+	return c
+}
+
+// textDrivers speak the text protocol, so the same malformed bytes apply.
+var textDrivers = []Protocol{Text, Ultra}
 
 // guarded runs fn and fails the test if it does not return within the hang
 // guard. It asserts nothing about timing otherwise.
@@ -65,9 +82,17 @@ func afterFault(t *testing.T, srv *fakeServer, c *Client) {
 }
 
 func TestFaultMalformedReplies(t *testing.T) {
+	for _, proto := range textDrivers {
+		t.Run(proto.String(), func(t *testing.T) { testFaultMalformedReplies(t, proto) })
+	}
+}
+
+func testFaultMalformedReplies(t *testing.T, proto Protocol) {
 	cases := []struct{ name, reply string }{
 		{"bad VALUE line", "VALUE k 0 abc\r\nxyz\r\nEND\r\n"},
 		{"VALUE with negative length", "VALUE k 0 -5\r\nwrong\r\nEND\r\n"},
+		{"VALUE with non-numeric flags", "VALUE k x 5\r\nwrong\r\nEND\r\n"},
+		{"VALUE length 2^64", "VALUE k 0 18446744073709551616\r\n"},
 		{"VALUE for another key", "VALUE other 0 5\r\nwrong\r\nEND\r\n"},
 		{"second VALUE for the key", "VALUE k 0 5\r\nfirst\r\nVALUE k 0 5\r\nagain\r\nEND\r\n"},
 		{"unknown reply line", "HELLO\r\n"},
@@ -90,7 +115,7 @@ func TestFaultMalformedReplies(t *testing.T) {
 				}
 				fc.Serve(fresh)
 			})
-			c := newTestClient(t, srv.Addr, Text, Options{Timeout: 2 * time.Second})
+			c := newFaultClient(t, srv.Addr, proto, Options{Timeout: 2 * time.Second})
 			res := guardedGet(t, c, bg, "k")
 			require.Error(t, res.err)
 			assert.ErrorIs(t, res.err, ErrProtocol)
@@ -103,11 +128,12 @@ func TestFaultMalformedReplies(t *testing.T) {
 // stallScript makes connection 0 answer its first request with partial,
 // then stall until release is closed, then send late (the rest of the
 // reply, which the client must never read), then behave. Every other
-// connection serves fresh values.
-func stallScript(partial, late string, release <-chan struct{}) func(fc *fakeConn) {
+// connection serves fresh values. Requests and replies are in proto's
+// wire format.
+func stallScript(proto Protocol, partial, late string, release <-chan struct{}) func(fc *fakeConn) {
 	return func(fc *fakeConn) {
 		if fc.N == 0 {
-			if _, ok := fc.Next(); !ok {
+			if _, ok := fc.NextAs(proto); !ok {
 				return
 			}
 			fc.Send(partial)
@@ -116,16 +142,38 @@ func stallScript(partial, late string, release <-chan struct{}) func(fc *fakeCon
 			}
 			fc.Send(late)
 		}
-		fc.Serve(fresh)
+		fc.ServeAs(proto, fresh)
 	}
 }
 
-// stallPoints are places in a reply to "get k" where the fake stops
-// sending. Joined, each pair is a valid reply with a value other than
-// "fresh".
-var stallPoints = func() []struct{ name, partial, late string } {
+type stallPoint struct{ name, partial, late string }
+
+// stallPointsFor are places in a reply to a get of "k" in proto's wire
+// format where the fake stops sending. Joined, each pair is a valid reply
+// with a value other than "fresh".
+func stallPointsFor(proto Protocol) []stallPoint {
+	if proto == Binary {
+		return binaryStallPoints
+	}
+	return stallPoints
+}
+
+// binaryStallPoints: the same places in a binary GET response.
+var binaryStallPoints = func() []stallPoint {
+	small := string(binResp(binGet, 0, binOpaque, 1, be32(0), "", "stale"))
+	big := string(binResp(binGet, 0, binOpaque, 1, be32(0), "", strings.Repeat("s", 40_000)))
+	return []stallPoint{
+		{"before the first byte", "", small},
+		{"in the header", small[:10], small[10:]},
+		{"after the header", small[:binHeaderLen], small[binHeaderLen:]},
+		{"in the value", small[:binHeaderLen+6], small[binHeaderLen+6:]},
+		{"in a 40 KB value", big[:20_000], big[20_000:]},
+	}
+}()
+
+var stallPoints = func() []stallPoint {
 	big := strings.Repeat("s", 40_000) // larger than the read buffer: the scratch-buffer path
-	return []struct{ name, partial, late string }{
+	return []stallPoint{
 		{"before the first byte", "", "VALUE k 0 5\r\nstale\r\nEND\r\n"},
 		{"in the VALUE line", "VALUE k 0", " 5\r\nstale\r\nEND\r\n"},
 		{"between CR and LF", "VALUE k 0 5\r", "\nstale\r\nEND\r\n"},
@@ -137,10 +185,16 @@ var stallPoints = func() []struct{ name, partial, late string } {
 }()
 
 func TestFaultStallTimesOut(t *testing.T) {
-	for _, sp := range stallPoints {
+	for _, proto := range wireDrivers {
+		t.Run(proto.String(), func(t *testing.T) { testFaultStallTimesOut(t, proto) })
+	}
+}
+
+func testFaultStallTimesOut(t *testing.T, proto Protocol) {
+	for _, sp := range stallPointsFor(proto) {
 		t.Run(sp.name, func(t *testing.T) {
 			release := make(chan struct{})
-			srv := startFakeServer(t, stallScript(sp.partial, sp.late, release))
+			srv := startFakeServer(t, stallScript(proto, sp.partial, sp.late, release))
 			t.Cleanup(func() {
 				select {
 				case <-release:
@@ -148,7 +202,7 @@ func TestFaultStallTimesOut(t *testing.T) {
 					close(release)
 				}
 			})
-			c := newTestClient(t, srv.Addr, Text, Options{Timeout: 200 * time.Millisecond})
+			c := newFaultClient(t, srv.Addr, proto, Options{Timeout: 200 * time.Millisecond})
 
 			res := guardedGet(t, c, bg, "k")
 			require.Error(t, res.err)
@@ -172,7 +226,7 @@ func TestFaultStallTimesOut(t *testing.T) {
 
 func TestFaultStallWithErrorAsMiss(t *testing.T) {
 	release := make(chan struct{})
-	srv := startFakeServer(t, stallScript("", "END\r\n", release))
+	srv := startFakeServer(t, stallScript(Text, "", "END\r\n", release))
 	defer close(release)
 	c := newTestClient(t, srv.Addr, Text, Options{Timeout: 100 * time.Millisecond, ErrorAsMiss: true})
 	res := guardedGet(t, c, bg, "k")
@@ -183,18 +237,24 @@ func TestFaultStallWithErrorAsMiss(t *testing.T) {
 }
 
 func TestFaultEOFMidReply(t *testing.T) {
-	for _, sp := range stallPoints {
+	for _, proto := range wireDrivers {
+		t.Run(proto.String(), func(t *testing.T) { testFaultEOFMidReply(t, proto) })
+	}
+}
+
+func testFaultEOFMidReply(t *testing.T, proto Protocol) {
+	for _, sp := range stallPointsFor(proto) {
 		t.Run(sp.name, func(t *testing.T) {
 			srv := startFakeServer(t, func(fc *fakeConn) {
 				if fc.N == 0 {
-					if _, ok := fc.Next(); ok {
+					if _, ok := fc.NextAs(proto); ok {
 						fc.Send(sp.partial)
 					}
 					return // hang up
 				}
-				fc.Serve(fresh)
+				fc.ServeAs(proto, fresh)
 			})
-			c := newTestClient(t, srv.Addr, Text, Options{Timeout: 2 * time.Second})
+			c := newFaultClient(t, srv.Addr, proto, Options{Timeout: 2 * time.Second})
 			res := guardedGet(t, c, bg, "k")
 			require.Error(t, res.err)
 			assert.Empty(t, res.v)
@@ -210,16 +270,20 @@ func TestFaultEOFMidReply(t *testing.T) {
 		})
 	}
 	t.Run("storage command", func(t *testing.T) {
+		partial := "STOR"
+		if proto == Binary {
+			partial = string(binResp(binSet, 0, binOpaque, 2, "", "", ""))[:5]
+		}
 		srv := startFakeServer(t, func(fc *fakeConn) {
 			if fc.N == 0 {
-				if _, ok := fc.Next(); ok {
-					fc.Send("STOR")
+				if _, ok := fc.NextAs(proto); ok {
+					fc.Send(partial)
 				}
 				return
 			}
-			fc.Serve(fresh)
+			fc.ServeAs(proto, fresh)
 		})
-		c := newTestClient(t, srv.Addr, Text, Options{Timeout: 2 * time.Second})
+		c := newFaultClient(t, srv.Addr, proto, Options{Timeout: 2 * time.Second})
 		err := guarded(t, func() error { return c.Set(bg, "k", []byte("v"), 0) })
 		var ce *ConnError
 		require.ErrorAs(t, err, &ce)
@@ -229,11 +293,20 @@ func TestFaultEOFMidReply(t *testing.T) {
 	})
 }
 
+// TestFaultContextCanceledMidRequest: on the pooled drivers a
+// cancellation interrupts the request wherever it is and costs the
+// connection. (Ultra keeps the connection: TestUltraCanceledMidRequest.)
 func TestFaultContextCanceledMidRequest(t *testing.T) {
-	for _, sp := range stallPoints {
+	for _, proto := range []Protocol{Text, Binary} {
+		t.Run(proto.String(), func(t *testing.T) { testFaultContextCanceledMidRequest(t, proto) })
+	}
+}
+
+func testFaultContextCanceledMidRequest(t *testing.T, proto Protocol) {
+	for _, sp := range stallPointsFor(proto) {
 		t.Run(sp.name, func(t *testing.T) {
 			release := make(chan struct{})
-			srv := startFakeServer(t, stallScript(sp.partial, sp.late, release))
+			srv := startFakeServer(t, stallScript(proto, sp.partial, sp.late, release))
 			t.Cleanup(func() {
 				select {
 				case <-release:
@@ -243,7 +316,7 @@ func TestFaultContextCanceledMidRequest(t *testing.T) {
 			})
 			// The I/O timeout is far beyond the hang guard: only the
 			// cancellation can end the request in time.
-			c := newTestClient(t, srv.Addr, Text, Options{Timeout: time.Minute})
+			c := newFaultClient(t, srv.Addr, proto, Options{Timeout: time.Minute})
 			ctx, cancel := context.WithCancel(bg)
 			defer cancel()
 			go func() {
@@ -307,6 +380,12 @@ func TestFaultContextDeadlineShorterThanTimeout(t *testing.T) {
 }
 
 func TestFaultErrorReplies(t *testing.T) {
+	for _, proto := range textDrivers {
+		t.Run(proto.String(), func(t *testing.T) { testFaultErrorReplies(t, proto) })
+	}
+}
+
+func testFaultErrorReplies(t *testing.T, proto Protocol) {
 	cases := []struct {
 		name     string
 		reply    string
@@ -359,7 +438,7 @@ func TestFaultErrorReplies(t *testing.T) {
 				}
 				fc.Serve(fresh)
 			})
-			c := newTestClient(t, srv.Addr, Text, Options{Timeout: 2 * time.Second})
+			c := newFaultClient(t, srv.Addr, proto, Options{Timeout: 2 * time.Second})
 			err := guarded(t, func() error { return tc.op(c) })
 			require.Error(t, err)
 			tc.check(t, err)
@@ -558,31 +637,142 @@ func TestFaultExtraBytesAfterReply(t *testing.T) {
 	}
 }
 
-func TestFaultIdleConnectionClosedByServer(t *testing.T) {
-	// A pooled connection the server closed while idle fails the next
-	// request with a ConnError (no silent retry: the request may have been
-	// sent); the one after reconnects.
-	srv := startFakeServer(t, func(fc *fakeConn) {
-		if fc.N == 0 {
-			if req, ok := fc.Next(); ok {
-				fc.Send(fakeReply(req, fresh))
+// serveOneThenHangUp answers the first request of every connection, then
+// closes it, as a server does with a connection that sits idle too long.
+func serveOneThenHangUp(proto Protocol) func(fc *fakeConn) {
+	return func(fc *fakeConn) {
+		for {
+			req, ok := fc.NextAs(proto)
+			if !ok {
+				return
 			}
-			return // hang up while idle
+			fc.Send(fakeReplyAs(proto, req, fresh))
+			if req.Bin == nil || req.Bin.opcode != binGetKQ {
+				return // a binary multi-get ends with its NOOP
+			}
 		}
-		fc.Serve(fresh)
-	})
-	c := newTestClient(t, srv.Addr, Text, Options{Timeout: 2 * time.Second})
-	res := guardedGet(t, c, bg, "k")
-	require.NoError(t, res.err)
-	srv.WaitEnded(0)
+	}
+}
 
-	res = guardedGet(t, c, bg, "k")
-	require.Error(t, res.err)
-	var ce *ConnError
-	assert.ErrorAs(t, res.err, &ce)
+// A pooled connection the server closed while it sat idle fails the next
+// request with no reply byte read. A read that changes nothing is then
+// sent again on a fresh connection and succeeds; any other command is not
+// (it may have been carried out) and reports the fault.
+func TestFaultIdleConnectionClosedByServer(t *testing.T) {
+	ops := []struct {
+		name   string
+		retry  bool
+		op     func(c *Client) error
+		expect string // the reply's value, for the retried reads
+	}{
+		{"get", true, func(c *Client) error { return wantGet(c.Get(bg, "k", nil)) }, ""},
+		{"gets", true, func(c *Client) error { v, _, err := c.Gets(bg, "k", nil); return wantGet(v, err) }, ""},
+		{"gat", true, func(c *Client) error { return wantGet(c.GetAndTouch(bg, "k", time.Hour, nil)) }, ""},
+		{"get multi", true, func(c *Client) error {
+			m, err := c.GetMultiMap(bg, []string{"k", "other"})
+			if err == nil && (string(m["k"]) != "fresh" || string(m["other"]) != "other-value") {
+				err = fmt.Errorf("values %q", m)
+			}
+			return err
+		}, ""},
+		{"version", true, func(c *Client) error { _, err := c.Version(bg); return err }, ""},
+		{"stats", true, func(c *Client) error { _, err := c.Stats(bg); return err }, ""},
+		{"set", false, func(c *Client) error { return c.Set(bg, "k", []byte("v"), 0) }, ""},
+		{"add", false, func(c *Client) error { return c.Add(bg, "k", []byte("v"), 0) }, ""},
+		{"replace", false, func(c *Client) error { return c.Replace(bg, "k", []byte("v"), 0) }, ""},
+		{"append", false, func(c *Client) error { return c.Append(bg, "k", []byte("v")) }, ""},
+		{"prepend", false, func(c *Client) error { return c.Prepend(bg, "k", []byte("v")) }, ""},
+		{"cas", false, func(c *Client) error { return c.CompareAndSwap(bg, "k", []byte("v"), 1, 0) }, ""},
+		{"incr", false, func(c *Client) error { _, err := c.Incr(bg, "k", 1); return err }, ""},
+		{"decr", false, func(c *Client) error { _, err := c.Decr(bg, "k", 1); return err }, ""},
+		{"delete", false, func(c *Client) error { return c.Delete(bg, "k") }, ""},
+		{"touch", false, func(c *Client) error { return c.Touch(bg, "k", time.Hour) }, ""},
+		{"flush_all", false, func(c *Client) error { return c.FlushAll(bg) }, ""},
+	}
+	for _, proto := range []Protocol{Text, Binary} {
+		for _, tc := range ops {
+			t.Run(proto.String()+"/"+tc.name, func(t *testing.T) {
+				srv := startFakeServer(t, serveOneThenHangUp(proto))
+				c := newTestClient(t, srv.Addr, proto, Options{Timeout: 2 * time.Second, MaxConns: 1})
+				res := guardedGet(t, c, bg, "k")
+				require.NoError(t, res.err)
+				srv.WaitEnded(0) // the pooled connection is now closed by the server
 
-	res = guardedGet(t, c, bg, "k")
-	require.NoError(t, res.err)
-	assert.Equal(t, "fresh", res.v)
-	assert.Equal(t, 2, srv.Accepted())
+				err := guarded(t, func() error { return tc.op(c) })
+				if tc.retry {
+					require.NoError(t, err, "a read on a stale idle connection is retried")
+					assert.Equal(t, 2, srv.Accepted(), "the retry uses a fresh connection")
+					return
+				}
+				var ce *ConnError
+				require.ErrorAs(t, err, &ce, "the fault is reported")
+				assert.Equal(t, 1, srv.Accepted(), "a command that may have been carried out is not sent again")
+				res = guardedGet(t, c, bg, "k")
+				require.NoError(t, res.err, "the request after it reconnects")
+				assert.Equal(t, "fresh", res.v)
+			})
+		}
+	}
+}
+
+// wantGet turns a get's result into an error unless it is "fresh".
+func wantGet(v []byte, err error) error {
+	if err == nil && string(v) != "fresh" {
+		return fmt.Errorf("value %q, want %q", v, "fresh")
+	}
+	return err
+}
+
+// The retry is only for a connection that sat idle in the pool and broke
+// before any reply byte: not for a fresh connection, not once part of the
+// reply has come, not after a timeout.
+func TestFaultNoRetryUnlessStaleIdle(t *testing.T) {
+	cases := []struct {
+		name   string
+		warm   bool   // a request first, so the failing one reuses an idle connection
+		reply  string // what connection 0 sends to the failing request before hanging up
+		stall  bool   // stall instead of hanging up
+		reason string
+	}{
+		{"fresh connection", false, "", false, "the connection was not idle: the server hung up on the request"},
+		{"part of the reply read", true, "VALUE k 0 5\r\nst", false, "the server answered part of the request"},
+		{"timeout", true, "", true, "a stalled server is not retried: the caller would wait twice"},
+	}
+	for _, proto := range []Protocol{Text, Binary} {
+		for _, tc := range cases {
+			t.Run(proto.String()+"/"+tc.name, func(t *testing.T) {
+				reply := tc.reply
+				if proto == Binary && reply != "" {
+					reply = string(binResp(binGet, 0, binOpaque, 1, be32(0), "", "stale"))[:binHeaderLen+6]
+				}
+				srv := startFakeServer(t, func(fc *fakeConn) {
+					if fc.N > 0 {
+						fc.ServeAs(proto, fresh)
+						return
+					}
+					if tc.warm {
+						req, ok := fc.NextAs(proto)
+						if !ok {
+							return
+						}
+						fc.Send(fakeReplyAs(proto, req, fresh))
+					}
+					if _, ok := fc.NextAs(proto); !ok {
+						return
+					}
+					fc.Send(reply)
+					if tc.stall {
+						fc.Stall()
+					}
+				})
+				c := newTestClient(t, srv.Addr, proto, Options{Timeout: 200 * time.Millisecond, MaxConns: 1})
+				if tc.warm {
+					require.NoError(t, guardedGet(t, c, bg, "k").err)
+				}
+				res := guardedGet(t, c, bg, "k")
+				require.Error(t, res.err, tc.reason)
+				assert.Equal(t, 1, srv.Accepted(), tc.reason)
+			})
+		}
+	}
 }

@@ -88,6 +88,7 @@ type parseState struct {
 	pending int    // data bytes (plus trailer) still to read into the scratch buffer
 	index   int    // which key of keys the current value belongs to
 	cursor  int    // where the next multi-get key search starts
+	values  int    // multi-get values seen so far: at most one per key asked
 	vflags  uint32 // flags of the value being read
 	vcas    uint64 // CAS id of the value being read
 	vlen    int    // length of the value being read
@@ -173,4 +174,21 @@ func validKey(key string, max int) bool {
 		}
 	}
 	return true
+}
+
+// maxStats bounds the entries of a stats reply. memcached sends about a
+// hundred; a server streaming distinct names must not grow the map until
+// the request deadline.
+const maxStats = 4096
+
+// addStat records one stats entry.
+func (r *request) addStat(name, value []byte) error {
+	if r.stats == nil {
+		r.stats = make(map[string]string)
+	}
+	if len(r.stats) == maxStats {
+		return protocolError("stats reply with too many entries", name)
+	}
+	r.stats[string(name)] = string(value)
+	return nil
 }

@@ -161,11 +161,13 @@ func parseTextReply(r *request, buf []byte) (n int, done bool, err error) {
 			continue
 		}
 		i := bytes.IndexByte(buf[n:], '\n')
-		if i < 0 {
-			if len(buf)-n > maxTextLine {
-				return n, false, protocolError("reply line too long", buf[n:n+64])
-			}
+		if i < 0 && len(buf)-n <= maxTextLine {
 			return n, false, nil
+		}
+		if i < 0 || i > maxTextLine {
+			// Refused whether or not its end has arrived, so that the
+			// outcome does not depend on how the bytes were split.
+			return n, false, protocolError("reply line too long", buf[n:n+64])
 		}
 		if i == 0 || buf[n+i-1] != '\r' {
 			return n, false, protocolError("reply line not ended by CRLF", buf[n:n+i+1])
@@ -198,6 +200,9 @@ func startValue(r *request, line, rest []byte) (int, error) {
 	key, flags, size, cas, ok := parseValueHeader(line[len(valuePrefix):], r.op == opGets)
 	if !ok {
 		return 0, protocolError("malformed VALUE line", line)
+	}
+	if err := r.countValue(key); err != nil {
+		return 0, err
 	}
 	index, ok := r.matchKey(key)
 	if !ok {
@@ -247,6 +252,20 @@ func (r *request) keepFirstErr(err error) {
 	if err != nil && r.err == nil {
 		r.err = err
 	}
+}
+
+// countValue refuses a multi-get value beyond one per key asked: a server
+// repeating values could otherwise call the callback (or, on the Ultra
+// driver, buffer values) without end.
+func (r *request) countValue(key []byte) error {
+	if r.op != opGetMulti {
+		return nil
+	}
+	if r.parse.values == len(r.keys) {
+		return protocolError("more values than keys requested", key)
+	}
+	r.parse.values++
+	return nil
 }
 
 // matchKey finds which requested key a VALUE line answers. memcached
@@ -316,11 +335,7 @@ func finishLine(r *request, line []byte) (done bool, err error) {
 		return true, nil
 	case bytes.HasPrefix(line, statPrefix) && r.op == opStats:
 		name, value, _ := bytes.Cut(line[len(statPrefix):], []byte{' '})
-		if r.stats == nil {
-			r.stats = make(map[string]string)
-		}
-		r.stats[string(name)] = string(value)
-		return false, nil
+		return false, r.addStat(name, value)
 	case bytes.HasPrefix(line, []byte("SERVER_ERROR")):
 		r.err = &ServerError{Message: boundedMessage(bytes.TrimPrefix(line[len("SERVER_ERROR"):], []byte{' '}))}
 		if r.op == opGetMulti {

@@ -53,6 +53,16 @@ func appendDecompressed(dst, src []byte, maxLen int) ([]byte, error) {
 		// ErrValueTooLarge, the limit it exceeds.
 		return dst, fmt.Errorf("%w: %w: compressed value declares %d bytes, limit %d", ErrCorruptValue, ErrValueTooLarge, size, maxLen)
 	}
+	if size == 0 {
+		// An empty value: nothing to decode, and the decoder must not be
+		// given a destination that may be nil (pierrec/lz4's assembly
+		// then follows a match offset to a wild address). The blocks
+		// that decode to nothing: none, or a lone zero token.
+		if block := src[compressedHeader:]; len(block) > 1 || len(block) == 1 && block[0] != 0 {
+			return dst, fmt.Errorf("%w: lz4 block does not decode to its declared 0 bytes", ErrCorruptValue)
+		}
+		return dst, nil
+	}
 	start := len(dst)
 	dst = grow(dst, size)
 	n, err := lz4.UncompressBlock(src[compressedHeader:], dst[start:start+size])
@@ -62,12 +72,14 @@ func appendDecompressed(dst, src []byte, maxLen int) ([]byte, error) {
 	return dst[:start+size], nil
 }
 
-// grow makes room for n more bytes after len(b), keeping len(b).
+// grow makes room for n more bytes after len(b), keeping len(b). The new
+// capacity doubles what is kept, not the old capacity: a scratch buffer
+// reused as b[:0] gets exactly n, so no more than one value is buffered.
 func grow(b []byte, n int) []byte {
 	if cap(b)-len(b) >= n {
 		return b
 	}
-	nb := make([]byte, len(b), 2*cap(b)+n)
+	nb := make([]byte, len(b), 2*len(b)+n)
 	copy(nb, b)
 	return nb
 }

@@ -176,8 +176,10 @@ func TestAppendDecompressedOverMaxDoesNotAllocate(t *testing.T) {
 	// message is a few hundred bytes.
 	assert.Less(t, after.TotalAlloc-before.TotalAlloc, uint64(1<<20), "bytes allocated over %d refusals", runs)
 
-	allocs := testing.AllocsPerRun(20, func() { _, _ = appendDecompressed(nil, src, max) })
-	assert.LessOrEqual(t, allocs, 8.0, "only the error is allocated")
+	if !raceEnabled {
+		allocs := testing.AllocsPerRun(20, func() { _, _ = appendDecompressed(nil, src, max) })
+		assert.LessOrEqual(t, allocs, 8.0, "only the error is allocated")
+	}
 }
 
 func TestAppendDecompressedAtMax(t *testing.T) {

@@ -1,0 +1,5 @@
+//go:build !race
+
+package ermc
+
+const raceEnabled = false
