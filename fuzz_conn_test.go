@@ -322,14 +322,15 @@ func ultraWaiting(c *Client) func() bool {
 // written, failing t after the hang guard.
 func (s *fuzzServer) waitWritten(t *testing.T, n int) {
 	t.Helper()
-	guard := time.After(hangGuard)
+	guard := time.NewTimer(hangGuard)
+	defer guard.Stop()
 	for {
 		if c := s.conn(0); c != nil && int(c.written.Load()) >= n {
 			return
 		}
 		select {
 		case <-s.wrote:
-		case <-guard:
+		case <-guard.C:
 			t.Fatalf("the client did not write request %d within %v", n, hangGuard)
 		}
 	}
