@@ -185,3 +185,38 @@ func TestAllocsCompressedAndTyped(t *testing.T) {
 		})
 	}
 }
+
+// TestAllocsAfterPoolCalibration: a process that mostly stores small
+// values (tens of thousands of SetInt) must still compress a 15 KiB value
+// without allocating: pooled buffers are kept by size class, not dropped
+// for being larger than what is typical.
+func TestAllocsAfterPoolCalibration(t *testing.T) {
+	s := startMemcached(t)
+	c := newTestClient(t, s.Addr, Text, Options{CompressThreshold: 100})
+	for i := 0; i < 60000; i++ { // past any warm-up a pool may calibrate on
+		mustSetInt(t, c, "alloc:small", int64(i))
+	}
+	value := []byte(strings.Repeat("pyermc benchmark string ", 640))
+	var err error
+	allocs := testing.AllocsPerRun(200, func() {
+		if e := c.Set(bg, "alloc:big", value, 0); e != nil && err == nil {
+			err = e
+		}
+		for j := 0; j < 20 && err == nil; j++ {
+			err = c.SetInt(bg, "alloc:small", int64(j), 0)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if allocs != 0 {
+		t.Errorf("a compressed Set among small ones: %v allocs/op, want 0", allocs)
+	}
+}
+
+func mustSetInt(t *testing.T, c *Client, key string, n int64) {
+	t.Helper()
+	if err := c.SetInt(bg, key, n, 0); err != nil {
+		t.Fatal(err)
+	}
+}

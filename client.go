@@ -11,8 +11,6 @@ import (
 	"net"
 	"sync/atomic"
 	"time"
-
-	"github.com/valyala/bytebufferpool"
 )
 
 // Protocol selects a driver.
@@ -341,9 +339,9 @@ func (c *Client) storeMode(ctx context.Context, op opcode, key string, value []b
 	}
 	r := getRequest()
 	r.op, r.key, r.value, r.flags, r.exptime, r.cas, r.noreply = op, key, value, flags, exptime(ttl), cas, noreply
-	var buf *bytebufferpool.ByteBuffer // compressed copy of value, if smaller
+	var buf *buffer // compressed copy of value, if smaller
 	if t := c.opts.CompressThreshold; t > 0 && len(value) > t && op != opAppend && op != opPrepend {
-		buf = getBuffer()
+		buf = getBuffer(compressedSize(len(value)))
 		packed, ok := appendCompressed(buf.B[:0], value)
 		buf.B = packed // keep the capacity, used or not
 		if ok {

@@ -28,7 +28,7 @@ func (JSONCodec) Unmarshal(data []byte, v any) error { return json.Unmarshal(dat
 // SetInt stores n as a decimal string with the integer flag, the form
 // Incr and Decr work on and python-memcached reads back as an int.
 func (c *Client) SetInt(ctx context.Context, key string, n int64, ttl time.Duration) error {
-	buf := getBuffer() // a stack array would escape into the request
+	buf := getBuffer(20) // a stack array would escape into the request
 	buf.B = strconv.AppendInt(buf.B[:0], n, 10)
 	err := c.store(ctx, opSet, key, buf.B, FlagInteger, ttl, 0)
 	putBuffer(buf)
@@ -38,7 +38,7 @@ func (c *Client) SetInt(ctx context.Context, key string, n int64, ttl time.Durat
 // GetInt reads a decimal integer, as stored by SetInt, Incr or Decr (whose
 // results memcached may space-pad).
 func (c *Client) GetInt(ctx context.Context, key string) (int64, error) {
-	buf := getBuffer()
+	buf := getBuffer(32)
 	defer putBuffer(buf)
 	v, _, _, err := c.get(ctx, opGet, key, 0, buf.B[:0])
 	buf.B = v
@@ -64,7 +64,7 @@ func (c *Client) SetObject(ctx context.Context, key string, v any, ttl time.Dura
 // GetObject decodes the value stored by SetObject into v. A value stored
 // without the encoded flag is ErrCorruptValue rather than a guess.
 func (c *Client) GetObject(ctx context.Context, key string, v any) error {
-	buf := getBuffer()
+	buf := getBuffer(0)
 	defer putBuffer(buf)
 	data, flags, _, err := c.get(ctx, opGet, key, 0, buf.B[:0])
 	buf.B = data

@@ -22,6 +22,9 @@ const compressedHeader = 4
 
 var compressorPool = sync.Pool{New: func() any { return new(lz4.Compressor) }}
 
+// compressedSize is the most appendCompressed may need for n bytes.
+func compressedSize(n int) int { return compressedHeader + lz4.CompressBlockBound(n) }
+
 // appendCompressed appends value in the python-lz4 block format to dst.
 // ok is false when the result would not be smaller than value, in which
 // case dst is returned unchanged and the value should be stored raw.
