@@ -203,23 +203,8 @@ func TestUltraDeepPipeline(t *testing.T) {
 // request fails with a timeout within Timeout; none hangs, and the
 // connection is replaced.
 func TestUltraStalledServer(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	var accepted atomic.Int32
-	go func() {
-		for {
-			nc, err := l.Accept()
-			if err != nil {
-				return
-			}
-			accepted.Add(1)
-			defer nc.Close()
-		}
-	}()
-	c := newTestClient(t, l.Addr().String(), Ultra, Options{Timeout: 100 * time.Millisecond})
+	addr, accepted := startSilentServer(t)
+	c := newTestClient(t, addr, Ultra, Options{Timeout: 100 * time.Millisecond})
 	c.drv.(*ultraDriver).lanes = c.drv.(*ultraDriver).lanes[:1]
 	var wg sync.WaitGroup
 	for g := 0; g < 8; g++ {
@@ -243,21 +228,8 @@ func TestUltraStalledServer(t *testing.T) {
 // TestUltraCloseInFlight: Close while requests wait on a silent server
 // ends them all with an error, and later calls fail with ErrClosed.
 func TestUltraCloseInFlight(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	go func() {
-		for {
-			nc, err := l.Accept()
-			if err != nil {
-				return
-			}
-			defer nc.Close()
-		}
-	}()
-	c, err := New(l.Addr().String(), Options{Protocol: Ultra, Timeout: time.Minute})
+	addr, _ := startSilentServer(t)
+	c, err := New(addr, Options{Protocol: Ultra, Timeout: time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -305,23 +277,10 @@ func TestUltraNoreplyOnTextIsPlain(t *testing.T) {
 // reading its own reply (the server never answers) ends that read, and no
 // reader goroutine is left behind.
 func TestUltraCloseStopsReaders(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	go func() {
-		for {
-			nc, err := l.Accept()
-			if err != nil {
-				return
-			}
-			defer nc.Close()
-		}
-	}()
+	addr, _ := startSilentServer(t)
 	before := runtime.NumGoroutine()
 	for i := 0; i < 10; i++ {
-		c, err := New(l.Addr().String(), Options{Protocol: Ultra, Timeout: time.Minute})
+		c, err := New(addr, Options{Protocol: Ultra, Timeout: time.Minute})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -355,4 +314,33 @@ func TestUltraCloseStopsReaders(t *testing.T) {
 	if n := runtime.NumGoroutine(); n > before+2 {
 		t.Fatalf("%d goroutines after closing 10 clients, %d before", n, before)
 	}
+}
+
+// startSilentServer listens on a loopback port, accepts connections and
+// never answers; it counts what it accepted.
+func startSilentServer(t *testing.T) (addr string, accepted *atomic.Int32) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	accepted = new(atomic.Int32)
+	go func() {
+		var conns []net.Conn
+		defer func() {
+			for _, nc := range conns {
+				nc.Close()
+			}
+		}()
+		for {
+			nc, err := l.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			conns = append(conns, nc)
+		}
+	}()
+	return l.Addr().String(), accepted
 }
