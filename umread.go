@@ -216,6 +216,12 @@ func (ln *lane) readMore(ctx context.Context, own *request) int {
 		_ = nc.SetReadDeadline(dl)
 		ln.readDeadline, ln.deadlineStale = dl, false
 	}
+	// A cancellation whose interrupt ran before the deadline above was set
+	// was just overwritten: its context is already done, so look before
+	// blocking. One that comes later interrupts the read itself.
+	if ownWaiting && ctx.Err() != nil && ln.abandon(own) {
+		return readAbandoned
+	}
 	n, err := nc.Read(ln.rbuf[ln.rend:])
 	ln.rend += n
 	if err == nil || n > 0 {
