@@ -307,15 +307,7 @@ func TestFaultStalledWrite(t *testing.T) {
 func TestUltraCanceledMidRequest(t *testing.T) {
 	for _, sp := range stallPoints {
 		t.Run(sp.name, func(t *testing.T) {
-			release := make(chan struct{})
-			srv := startFakeServer(t, stallScript(Ultra, sp.partial, sp.late, release))
-			t.Cleanup(func() {
-				select {
-				case <-release:
-				default:
-					close(release)
-				}
-			})
+			srv, release := startStalledServer(t, Ultra, sp)
 			waiting := sp.partial == "" // no reply byte yet: not being parsed
 			timeout := time.Minute      // only the cancellation can end the request in time
 			if !waiting {
@@ -338,12 +330,12 @@ func TestUltraCanceledMidRequest(t *testing.T) {
 				var ce *ConnError
 				require.ErrorAs(t, res.err, &ce)
 				assert.True(t, ce.Timeout(), "%v", res.err)
-				close(release)
+				release()
 				afterFault(t, srv, c)
 				return
 			}
 			assert.ErrorIs(t, res.err, context.Canceled)
-			close(release) // the stale reply now reaches the sink
+			release() // the stale reply now reaches the sink
 			res = guardedGet(t, c, bg, "k")
 			require.NoError(t, res.err)
 			assert.Equal(t, "fresh", res.v, "the sink took the stale reply")

@@ -152,6 +152,19 @@ func stallScript(proto Protocol, partial, late string, release <-chan struct{}) 
 
 type stallPoint struct{ name, partial, late string }
 
+// startStalledServer runs a fake server that sends sp.partial of the reply
+// and stalls; release sends the rest (sp.late). Releasing twice is fine,
+// and the test's end releases it anyway.
+func startStalledServer(t *testing.T, proto Protocol, sp stallPoint) (*fakeServer, func()) {
+	t.Helper()
+	ch := make(chan struct{})
+	var once sync.Once
+	release := func() { once.Do(func() { close(ch) }) }
+	srv := startFakeServer(t, stallScript(proto, sp.partial, sp.late, ch))
+	t.Cleanup(release)
+	return srv, release
+}
+
 // stallPointsFor are places in a reply to a get of "k" in proto's wire
 // format where the fake stops sending. Joined, each pair is a valid reply
 // with a value other than "fresh".
@@ -197,15 +210,7 @@ func TestFaultStallTimesOut(t *testing.T) {
 func testFaultStallTimesOut(t *testing.T, proto Protocol) {
 	for _, sp := range stallPointsFor(proto) {
 		t.Run(sp.name, func(t *testing.T) {
-			release := make(chan struct{})
-			srv := startFakeServer(t, stallScript(proto, sp.partial, sp.late, release))
-			t.Cleanup(func() {
-				select {
-				case <-release:
-				default:
-					close(release)
-				}
-			})
+			srv, release := startStalledServer(t, proto, sp)
 			c := newFaultClient(t, srv.Addr, proto, Options{Timeout: 200 * time.Millisecond})
 
 			res := guardedGet(t, c, bg, "k")
@@ -222,7 +227,7 @@ func testFaultStallTimesOut(t *testing.T, proto Protocol) {
 
 			// The late rest of the stalled reply goes to the old
 			// connection; a client that reused it would read "stale".
-			close(release)
+			release()
 			afterFault(t, srv, c)
 		})
 	}
@@ -309,15 +314,7 @@ func TestFaultContextCanceledMidRequest(t *testing.T) {
 func testFaultContextCanceledMidRequest(t *testing.T, proto Protocol) {
 	for _, sp := range stallPointsFor(proto) {
 		t.Run(sp.name, func(t *testing.T) {
-			release := make(chan struct{})
-			srv := startFakeServer(t, stallScript(proto, sp.partial, sp.late, release))
-			t.Cleanup(func() {
-				select {
-				case <-release:
-				default:
-					close(release)
-				}
-			})
+			srv, release := startStalledServer(t, proto, sp)
 			// The I/O timeout is far beyond the hang guard: only the
 			// cancellation can end the request in time.
 			c := newFaultClient(t, srv.Addr, proto, Options{Timeout: time.Minute})
@@ -334,7 +331,7 @@ func testFaultContextCanceledMidRequest(t *testing.T, proto Protocol) {
 			var ce *ConnError
 			assert.ErrorAs(t, res.err, &ce)
 
-			close(release)
+			release()
 			afterFault(t, srv, c)
 		})
 	}
