@@ -165,6 +165,7 @@ type lane struct {
 	readerUp      chan struct{} // hands the role to the lane's reader goroutine
 	interruptRead func()        // method value made once: a direct reader's cancellation
 	space         chan struct{} // the reader signals freed in-flight bytes
+	spaceWanted   bool          // a writer waits on space
 
 	// Owned by whoever holds the reader role.
 	rbuf          []byte
@@ -203,6 +204,7 @@ func (ln *lane) writeLoop(ctx context.Context, own *request) (direct bool) {
 			if ln.direct != nil && ln.direct == own {
 				ln.wakeReader() // a writer waiting here cannot read its own reply
 			}
+			ln.spaceWanted = true
 			ln.mu.Unlock()
 			<-ln.space // the reader frees space or fails the connection
 			continue

@@ -139,8 +139,11 @@ func (ln *lane) serve(ctx context.Context, own *request) (abandoned bool) {
 // parseBuffered parses every complete reply in the read buffer, in order.
 // A reply that does not parse fails the connection.
 func (ln *lane) parseBuffered() {
+	if ln.rpos == ln.rend {
+		return
+	}
+	cur, nc := ln.startParse()
 	for ln.rpos < ln.rend {
-		cur, nc := ln.startParse()
 		if cur == nil {
 			if nc != nil {
 				ln.fail(nc, protocolError("bytes with no request in flight", ln.rbuf[ln.rpos:ln.rend]))
@@ -168,7 +171,7 @@ func (ln *lane) parseBuffered() {
 			ln.failAnswered(nc, nil, cur)
 			return
 		}
-		ln.finishParse(cur)
+		cur = ln.finishParse(cur, ln.rpos < ln.rend)
 	}
 	switch {
 	case ln.rpos == ln.rend:
@@ -271,17 +274,29 @@ func (ln *lane) startParse() (*request, net.Conn) {
 	return r, nc
 }
 
-// finishParse pops the parsed request and completes it.
-func (ln *lane) finishParse(r *request) {
+// finishParse pops the parsed request and completes it. When more reply
+// bytes are buffered (more), it also takes the next head for parsing, in
+// the same critical section: one lock per reply, not two.
+func (ln *lane) finishParse(r *request, more bool) (next *request) {
 	ln.mu.Lock()
 	ln.flight.pop()
 	r.setWhere(atCaller)
 	ln.inflightBytes -= r.wireLen
+	if ln.spaceWanted && ln.inflightBytes <= maxInflightBytes {
+		ln.spaceWanted = false
+		ln.signalSpace()
+	}
+	if more {
+		if next = ln.flight.peek(); next != nil {
+			next.setWhere(atParse)
+		}
+	}
 	ln.mu.Unlock()
-	ln.signalSpace()
 	ln.complete(r, nil)
+	return next
 }
 
+// signalSpace wakes a writer waiting for in-flight bytes to drain.
 func (ln *lane) signalSpace() {
 	select {
 	case ln.space <- struct{}{}:

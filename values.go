@@ -93,8 +93,7 @@ func grow(b []byte, n int) []byte {
 // the call.
 func (r *request) deliverValue(index int, flags uint32, cas uint64, data []byte) error {
 	if r.op == opGetBatch {
-		m := r.members[index]
-		m.maxValue = r.maxValue
+		m := r.members[index] // its maxValue was set when it was queued
 		m.keepFirstErr(m.deliverValue(0, flags, cas, data))
 		return nil
 	}
