@@ -406,3 +406,17 @@ func fakeBinaryReply(req fakeRequest, values map[string]string) []byte {
 	}
 	return binResp(h.opcode, binStatusUnknownCommand, h.opaque, 0, "", "", "Unknown command")
 }
+
+// replyFirstThenServe is a script: the first connection answers its first
+// request with reply; everything after that gets fresh, correct replies.
+func replyFirstThenServe(reply string) func(*fakeConn) {
+	return func(fc *fakeConn) {
+		if fc.N == 0 {
+			if _, ok := fc.Next(); !ok {
+				return
+			}
+			fc.Send(reply)
+		}
+		fc.Serve(fresh)
+	}
+}

@@ -110,15 +110,7 @@ func testFaultMalformedReplies(t *testing.T, proto Protocol) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			srv := startFakeServer(t, func(fc *fakeConn) {
-				if fc.N == 0 {
-					if _, ok := fc.Next(); !ok {
-						return
-					}
-					fc.Send(tc.reply)
-				}
-				fc.Serve(fresh)
-			})
+			srv := startFakeServer(t, replyFirstThenServe(tc.reply))
 			c := newFaultClient(t, srv.Addr, proto, Options{Timeout: 2 * time.Second})
 			res := guardedGet(t, c, bg, "k")
 			require.Error(t, res.err)
@@ -430,15 +422,7 @@ func testFaultErrorReplies(t *testing.T, proto Protocol) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			srv := startFakeServer(t, func(fc *fakeConn) {
-				if fc.N == 0 {
-					if _, ok := fc.Next(); !ok {
-						return
-					}
-					fc.Send(tc.reply)
-				}
-				fc.Serve(fresh)
-			})
+			srv := startFakeServer(t, replyFirstThenServe(tc.reply))
 			c := newFaultClient(t, srv.Addr, proto, Options{Timeout: 2 * time.Second})
 			err := guarded(t, func() error { return tc.op(c) })
 			require.Error(t, err)
