@@ -1,7 +1,9 @@
 package ermc
 
 import (
+	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -70,6 +72,58 @@ func TestAuditDataBlockCRLFChecked(t *testing.T) {
 					afterFault(t, srv, c)
 				})
 			}
+		})
+	}
+}
+
+// A multi-get reply carrying a value for a key that was not asked is a
+// protocol error on every driver, and the value never reaches the
+// callback. (TestFaultMalformedReplies has the single-key get on the text
+// drivers; the binary and multi-key cases were parser tests only.)
+func TestAuditMultiGetValueForKeyNotAsked(t *testing.T) {
+	for _, proto := range wireDrivers {
+		t.Run(proto.String(), func(t *testing.T) {
+			reply := "VALUE a 0 1\r\nA\r\nVALUE c 0 5\r\nwrong\r\nEND\r\n"
+			if proto == Binary {
+				reply = string(join(
+					binResp(binGetKQ, 0, 0, 1, be32(0), "a", "A"),
+					binResp(binGetKQ, 0, 1, 1, be32(0), "c", "wrong"), // b's opaque, another key
+					binResp(binNoop, 0, 2, 0, "", "", ""),
+				))
+			}
+			srv := startFakeServer(t, func(fc *fakeConn) {
+				if fc.N == 0 {
+					reqs := 1
+					if proto == Binary {
+						reqs = 3 // GETKQ a, GETKQ b, NOOP
+					}
+					for i := 0; i < reqs; i++ {
+						if _, ok := fc.NextAs(proto); !ok {
+							return
+						}
+					}
+					fc.Send(reply)
+				}
+				fc.ServeAs(proto, fresh)
+			})
+			c := newFaultClient(t, srv.Addr, proto, Options{Timeout: 2 * time.Second})
+			var mu sync.Mutex
+			var got []string
+			err := guarded(t, func() error {
+				return c.GetMulti(bg, []string{"a", "b"}, func(i int, v []byte) {
+					mu.Lock()
+					got = append(got, fmt.Sprintf("%d=%s", i, v))
+					mu.Unlock()
+				})
+			})
+			require.ErrorIs(t, err, ErrProtocol)
+			assert.Contains(t, err.Error(), "not requested")
+			mu.Lock()
+			for _, g := range got {
+				assert.NotContains(t, g, "wrong", "the unasked key's value reached the callback")
+			}
+			mu.Unlock()
+			afterFault(t, srv, c)
 		})
 	}
 }
