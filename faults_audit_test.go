@@ -127,3 +127,155 @@ func TestAuditMultiGetValueForKeyNotAsked(t *testing.T) {
 		})
 	}
 }
+
+// auditReply is fakeReply with answers for the counters, touch and
+// flush_all, so that a command sent on a fresh connection succeeds.
+func auditReply(proto Protocol, req fakeRequest) string {
+	if proto == Binary {
+		return fakeReplyAs(proto, req, fresh)
+	}
+	switch req.Fields[0] {
+	case "incr", "decr":
+		return "1\r\n"
+	case "touch":
+		return "TOUCHED\r\n"
+	case "flush_all":
+		return "OK\r\n"
+	}
+	return fakeReply(req, fresh)
+}
+
+// A command that changes data, written to a reused idle connection that
+// the server then closes without a reply byte, is never sent again: the
+// server may have carried it out. Here the fake does read the command
+// before hanging up, so a resend would apply it twice. Every driver,
+// Ultra included (TestFaultIdleConnectionClosedByServer runs Text and
+// Binary only).
+func TestAuditIdleConnectionCommandNotResent(t *testing.T) {
+	ops := []struct {
+		name string
+		op   func(c *Client) error
+	}{
+		{"set", func(c *Client) error { return c.Set(bg, "k", []byte("v"), 0) }},
+		{"add", func(c *Client) error { return c.Add(bg, "k", []byte("v"), 0) }},
+		{"replace", func(c *Client) error { return c.Replace(bg, "k", []byte("v"), 0) }},
+		{"append", func(c *Client) error { return c.Append(bg, "k", []byte("v")) }},
+		{"prepend", func(c *Client) error { return c.Prepend(bg, "k", []byte("v")) }},
+		{"cas", func(c *Client) error { return c.CompareAndSwap(bg, "k", []byte("v"), 1, 0) }},
+		{"incr", func(c *Client) error { _, err := c.Incr(bg, "k", 1); return err }},
+		{"decr", func(c *Client) error { _, err := c.Decr(bg, "k", 1); return err }},
+		{"delete", func(c *Client) error { return c.Delete(bg, "k") }},
+		{"touch", func(c *Client) error { return c.Touch(bg, "k", time.Hour) }},
+		{"flush_all", func(c *Client) error { return c.FlushAll(bg) }},
+	}
+	for _, proto := range wireDrivers {
+		for _, tc := range ops {
+			t.Run(proto.String()+"/"+tc.name, func(t *testing.T) {
+				var mu sync.Mutex
+				var later []string // requests read on connections after the first
+				srv := startFakeServer(t, func(fc *fakeConn) {
+					if fc.N == 0 {
+						req, ok := fc.NextAs(proto) // the warm-up get
+						if !ok {
+							return
+						}
+						fc.Send(fakeReplyAs(proto, req, fresh))
+						_, _ = fc.NextAs(proto) // the command, read and never answered
+						return                  // hang up
+					}
+					for {
+						req, ok := fc.NextAs(proto)
+						if !ok {
+							return
+						}
+						mu.Lock()
+						later = append(later, req.Line)
+						mu.Unlock()
+						fc.Send(auditReply(proto, req))
+					}
+				})
+				c := newFaultClient(t, srv.Addr, proto, Options{Timeout: 2 * time.Second, MaxConns: 1})
+				res := guardedGet(t, c, bg, "k")
+				require.NoError(t, res.err)
+				require.Equal(t, "fresh", res.v)
+
+				err := guarded(t, func() error { return tc.op(c) })
+				var ce *ConnError
+				require.ErrorAs(t, err, &ce, "the fault is reported")
+				srv.WaitEnded(0)
+
+				res = guardedGet(t, c, bg, "k")
+				require.NoError(t, res.err, "the request after it reconnects")
+				assert.Equal(t, "fresh", res.v)
+				getLine := "get k"
+				if proto == Binary {
+					getLine = fmt.Sprintf("bin %d k", binGet)
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				assert.Equal(t, []string{getLine}, later, "%s was sent again on a new connection", tc.name)
+			})
+		}
+	}
+}
+
+// memcached -o idle_timeout=1 closes an Ultra client's idle connection
+// too. A command that changes data is then reported (or, if the driver
+// found the connection closed before writing, carried out once on a new
+// one); it is never carried out twice, and a reported one is not carried
+// out at all. TestServerIdleTimeout runs Text and Binary only. (Reads:
+// TestAuditUltraIdleReadRetried.)
+func TestAuditServerIdleTimeoutUltra(t *testing.T) {
+	srv := startMemcached(t, "-o", "idle_timeout=1")
+	type idleCase struct {
+		name      string
+		op        func(c *Client, key string, cas uint64) error
+		applied   string // the value after the command ran once; "" for deleted
+		c         *Client
+		key       string
+		cas       uint64
+		dialsSeen func() int32
+	}
+	cases := []*idleCase{
+		{name: "set", op: func(c *Client, k string, _ uint64) error { return c.Set(bg, k, []byte("8"), 0) }, applied: "8"},
+		{name: "append", op: func(c *Client, k string, _ uint64) error { return c.Append(bg, k, []byte("x")) }, applied: "7x"},
+		{name: "prepend", op: func(c *Client, k string, _ uint64) error { return c.Prepend(bg, k, []byte("x")) }, applied: "x7"},
+		{name: "cas", op: func(c *Client, k string, cas uint64) error { return c.CompareAndSwap(bg, k, []byte("9"), cas, 0) }, applied: "9"},
+		{name: "incr", op: func(c *Client, k string, _ uint64) error { _, err := c.Incr(bg, k, 1); return err }, applied: "8"},
+		{name: "decr", op: func(c *Client, k string, _ uint64) error { _, err := c.Decr(bg, k, 1); return err }, applied: "6"},
+		{name: "delete", op: func(c *Client, k string, _ uint64) error { return c.Delete(bg, k) }, applied: ""},
+	}
+	for _, tc := range cases {
+		c, dials := countingClient(t, srv.Addr, Ultra, Options{Timeout: 2 * time.Second})
+		tc.c, tc.key, tc.dialsSeen = c, "ultra-"+tc.name, dials.Load
+		mustSet(t, c, tc.key, "7")
+		_, cas, err := c.Gets(bg, tc.key, nil) // same connection, now idle
+		require.NoError(t, err)
+		tc.cas = cas
+	}
+	waitStat(t, srv.Addr, "idle_kicks", int64(len(cases)), 15*time.Second)
+
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			err := guarded(t, func() error { return tc.op(tc.c, tc.key, tc.cas) })
+			_, data, found := rawGet(t, srv.Addr, tc.key)
+			now := string(data)
+			if !found {
+				now = ""
+			}
+			if err != nil {
+				var ce *ConnError
+				require.ErrorAs(t, err, &ce, "%s on a closed idle connection", tc.name)
+				assert.Equal(t, "7", now, "a reported %s was not carried out (nor sent again)", tc.name)
+				assert.EqualValues(t, 1, tc.dialsSeen(), "%s was not sent again", tc.name)
+			} else {
+				assert.Equal(t, tc.applied, now, "%s carried out exactly once", tc.name)
+			}
+			// The client is usable afterwards.
+			require.NoError(t, tc.c.Set(bg, tc.key, []byte("after"), 0))
+			v, err := tc.c.Get(bg, tc.key, nil)
+			require.NoError(t, err)
+			assert.Equal(t, "after", string(v))
+		})
+	}
+}
