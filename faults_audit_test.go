@@ -1,7 +1,9 @@
 package ermc
 
 import (
+	"context"
 	"fmt"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -276,6 +278,50 @@ func TestAuditServerIdleTimeoutUltra(t *testing.T) {
 			v, err := tc.c.Get(bg, tc.key, nil)
 			require.NoError(t, err)
 			assert.Equal(t, "after", string(v))
+		})
+	}
+}
+
+// ConnectTimeout bounds the dial on every driver (TestFaultDialTimeout
+// runs Text only).
+func TestAuditDialTimeoutEveryDriver(t *testing.T) {
+	const connectTimeout = 100 * time.Millisecond
+	for _, proto := range wireDrivers {
+		t.Run(proto.String(), func(t *testing.T) {
+			var mu sync.Mutex
+			var ahead []time.Duration // how far ahead each dial's deadline was
+			dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+				dl, ok := ctx.Deadline()
+				mu.Lock()
+				if ok {
+					ahead = append(ahead, time.Until(dl))
+				} else {
+					ahead = append(ahead, -1)
+				}
+				mu.Unlock()
+				<-ctx.Done()
+				return nil, ctx.Err()
+			}
+			c := newTestClient(t, "127.0.0.1:1", proto, Options{ConnectTimeout: connectTimeout, Timeout: time.Minute, DialContext: dial})
+			for name, op := range map[string]func() error{
+				"get":     func() error { _, err := c.Get(bg, "k", nil); return err },
+				"set":     func() error { return c.Set(bg, "k", []byte("v"), 0) },
+				"connect": func() error { return c.Connect(bg) },
+			} {
+				err := guarded(t, op)
+				var ce *ConnError
+				require.ErrorAs(t, err, &ce, name)
+				assert.Equal(t, "dial", ce.Op, name)
+				assert.ErrorIs(t, err, context.DeadlineExceeded, name)
+				assert.True(t, ce.Timeout(), name)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			require.Len(t, ahead, 3)
+			for i, d := range ahead {
+				assert.Positive(t, d, "dial %d had no deadline", i)
+				assert.LessOrEqual(t, d, connectTimeout, "dial %d is bounded by ConnectTimeout", i)
+			}
 		})
 	}
 }
