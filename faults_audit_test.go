@@ -2,6 +2,7 @@ package ermc
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"strings"
@@ -322,6 +323,48 @@ func TestAuditDialTimeoutEveryDriver(t *testing.T) {
 				assert.Positive(t, d, "dial %d had no deadline", i)
 				assert.LessOrEqual(t, d, connectTimeout, "dial %d is bounded by ConnectTimeout", i)
 			}
+		})
+	}
+}
+
+// memcached answers a storage command whose key it refuses (over 250
+// bytes; MaxKeyLength lets the client send it) with CLIENT_ERROR and then
+// an ERROR for the data line it reads as a command. The client reports
+// the CLIENT_ERROR (binary: status 0x04, after which memcached closes the
+// connection), discards the connection, and the next request gets its own
+// reply instead of that ERROR. TestFaultErrorReplies has the fake's
+// version, without the extra ERROR.
+func TestAuditClientErrorAfterStorageRealServer(t *testing.T) {
+	srv := startMemcached(t)
+	long := strings.Repeat("k", 260)
+	for _, proto := range wireDrivers {
+		t.Run(proto.String(), func(t *testing.T) {
+			c, dials := countingClient(t, srv.Addr, proto, Options{MaxKeyLength: 300, Timeout: 2 * time.Second})
+			key := "cerr-" + proto.String()
+			mustSet(t, c, key, "own")
+			err := guarded(t, func() error { return c.Set(bg, long, []byte("value"), 0) })
+			require.Error(t, err)
+			var ce *ConnError
+			assert.False(t, errors.As(err, &ce), "the server's answer is not a connection fault: %v", err)
+			if proto == Binary {
+				var se *StatusError
+				require.ErrorAs(t, err, &se)
+				assert.EqualValues(t, binStatusInvalidArgs, se.Status)
+			} else {
+				var cle *ClientError
+				require.ErrorAs(t, err, &cle)
+				assert.Equal(t, "bad command line format", cle.Message)
+			}
+			// A set first: a get on a kept connection that the server
+			// closed would be retried and hide it.
+			err = guarded(t, func() error { return c.Set(bg, key, []byte("own2"), 0) })
+			require.NoError(t, err, "the request after the CLIENT_ERROR")
+			for i := 0; i < 3; i++ {
+				res := guardedGet(t, c, bg, key)
+				require.NoError(t, res.err, "request %d after the CLIENT_ERROR", i)
+				require.Equal(t, "own2", res.v, "request %d after the CLIENT_ERROR", i)
+			}
+			assert.EqualValues(t, 2, dials.Load(), "the connection was discarded, once")
 		})
 	}
 }
