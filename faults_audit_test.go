@@ -418,3 +418,48 @@ func TestAuditUltraIdleReadRetried(t *testing.T) {
 		assert.EqualValues(t, 2, dials.Load(), "the retry dialed a fresh connection")
 	})
 }
+
+// Known failure (audit of issue 6): on Ultra a caller's context does not
+// bound the dial its request waits for. The lane dials with
+// context.WithoutCancel (the connection serves every queued request), and
+// the caller that holds the writer role dials in its own goroutine, so its
+// Get returns only when ConnectTimeout ends the dial, whatever its
+// context said. Text and Binary return when the context ends
+// (TestFaultDialTimeout's second half, on Text). ConnectTimeout here is
+// longer than the hang guard, so the guard reports the wait.
+func TestAuditDialBoundedByCallerContext(t *testing.T) {
+	for _, proto := range wireDrivers {
+		for _, how := range []string{"deadline", "cancel"} {
+			t.Run(proto.String()+"/"+how, func(t *testing.T) {
+				started := make(chan struct{}, 1)
+				dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+					select {
+					case started <- struct{}{}:
+					default:
+					}
+					<-ctx.Done()
+					return nil, ctx.Err()
+				}
+				c := newTestClient(t, "127.0.0.1:1", proto, Options{ConnectTimeout: 2 * hangGuard, Timeout: time.Minute, DialContext: dial})
+				var ctx context.Context
+				var cancel context.CancelFunc
+				want := context.DeadlineExceeded
+				if how == "deadline" {
+					ctx, cancel = context.WithTimeout(bg, 50*time.Millisecond)
+				} else {
+					ctx, cancel = context.WithCancel(bg)
+					want = context.Canceled
+					go func() {
+						<-started
+						cancel()
+					}()
+				}
+				defer cancel()
+				res := guardedGet(t, c, ctx, "k")
+				var ce *ConnError
+				require.ErrorAs(t, res.err, &ce)
+				assert.ErrorIs(t, res.err, want)
+			})
+		}
+	}
+}
