@@ -398,12 +398,18 @@ func (p *connPool) do(ctx context.Context, r *request) error {
 // connections (memcached's idle_timeout, a restart, a proxy), and the
 // client only finds out when it uses one: the write succeeds, the read
 // sees EOF or a reset. That is safe to retry only for a read that changes
-// nothing and only when no reply byte came back. gat is included: touching
-// twice sets the same TTL. Writes, incr/decr, delete, touch and flush_all
-// are never retried: the server may have carried the command out before
-// the connection broke.
+// nothing and only when no reply byte came back.
 func retryOnFresh(ctx context.Context, r *request, cn *conn, err error) bool {
-	if err == nil || cn.got > 0 || ctx.Err() != nil {
+	return cn.got == 0 && retryableRead(ctx, r, err)
+}
+
+// retryableRead reports whether r, which failed with err on a connection
+// that had sat idle before any byte of its reply came back, may be sent
+// once more. gat is included: touching twice sets the same TTL. Writes,
+// incr/decr, delete, touch and flush_all are never retried: the server may
+// have carried the command out before the connection broke.
+func retryableRead(ctx context.Context, r *request, err error) bool {
+	if err == nil || ctx.Err() != nil {
 		return false
 	}
 	switch r.op {

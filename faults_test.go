@@ -723,7 +723,7 @@ func TestFaultNoRetryUnlessStaleIdle(t *testing.T) {
 		{"part of the reply read", true, "VALUE k 0 5\r\nst", false, "the server answered part of the request"},
 		{"timeout", true, "", true, "a stalled server is not retried: the caller would wait twice"},
 	}
-	for _, proto := range []Protocol{Text, Binary} {
+	for _, proto := range wireDrivers {
 		for _, tc := range cases {
 			t.Run(proto.String()+"/"+tc.name, func(t *testing.T) {
 				reply := tc.reply
@@ -750,7 +750,7 @@ func TestFaultNoRetryUnlessStaleIdle(t *testing.T) {
 						fc.Stall()
 					}
 				})
-				c := newTestClient(t, srv.Addr, proto, Options{Timeout: 200 * time.Millisecond, MaxConns: 1})
+				c := newFaultClient(t, srv.Addr, proto, Options{Timeout: 200 * time.Millisecond, MaxConns: 1})
 				if tc.warm {
 					require.NoError(t, guardedGet(t, c, bg, "k").err)
 				}
@@ -759,5 +759,30 @@ func TestFaultNoRetryUnlessStaleIdle(t *testing.T) {
 				assert.Equal(t, 1, srv.Accepted(), tc.reason)
 			})
 		}
+	}
+}
+
+// A read is retried once: when the fresh connection fails the same way,
+// the fault is reported, with no third connection.
+func TestFaultIdleRetryOnlyOnce(t *testing.T) {
+	for _, proto := range wireDrivers {
+		t.Run(proto.String(), func(t *testing.T) {
+			srv := startFakeServer(t, func(fc *fakeConn) {
+				if fc.N == 0 {
+					serveOneThenHangUp(proto)(fc) // then idle, and closed
+					return
+				}
+				fc.NextAs(proto) // the retry: hung up on before any reply byte
+			})
+			c := newFaultClient(t, srv.Addr, proto, Options{Timeout: 2 * time.Second, MaxConns: 1})
+			require.NoError(t, guardedGet(t, c, bg, "k").err)
+			srv.WaitEnded(0)
+
+			res := guardedGet(t, c, bg, "k")
+			var ce *ConnError
+			require.ErrorAs(t, res.err, &ce)
+			assert.False(t, ce.Timeout(), "the server hung up: %v", res.err)
+			assert.Equal(t, 2, srv.Accepted(), "the stale connection and one fresh one")
+		})
 	}
 }

@@ -77,6 +77,7 @@ type request struct {
 	fault       error         // transport fault that ended the request
 	sentAt      time.Time     // when it was written: its reply is due by sentAt+Timeout
 	wireLen     int           // encoded size, for the in-flight byte bound
+	staleIdle   bool          // failed on a connection that went stale while idle, before its reply started
 
 	// Parser progress, reset per request.
 	parse parseState

@@ -100,8 +100,9 @@ func (u *ultraDriver) close() error {
 	return nil
 }
 
-// do queues r, writes it (itself, or through the current writer) and waits
-// for its reply.
+// do runs r on a lane. A read that failed only because the lane's
+// connection had gone stale while idle (closed by the server, found out
+// when used) is sent once more, on the same lane's fresh connection.
 func (u *ultraDriver) do(ctx context.Context, r *request) error {
 	if u.closed.Load() {
 		return ErrClosed
@@ -113,6 +114,26 @@ func (u *ultraDriver) do(ctx context.Context, r *request) error {
 		r.deferValues = true // the callback runs here, not on the reader
 	}
 	ln := u.pick()
+	err := ln.do(ctx, r)
+	if err == nil && r.staleIdle && retryableRead(ctx, r, r.fault) {
+		r.fault, r.staleIdle, r.selfRead = nil, false, false
+		err = ln.do(ctx, r)
+	}
+	if err != nil {
+		return err
+	}
+	if r.fault != nil {
+		return r.fault
+	}
+	if r.deferValues {
+		r.replayValues()
+	}
+	return nil
+}
+
+// do queues r, writes it (itself, or through the current writer) and waits
+// for its reply.
+func (ln *lane) do(ctx context.Context, r *request) error {
 	ln.mu.Lock()
 	r.where = atPending
 	ln.pending = append(ln.pending, r)
@@ -129,22 +150,10 @@ func (u *ultraDriver) do(ctx context.Context, r *request) error {
 		}
 		direct = ln.writeLoop(ctx, r)
 	}
-	var err error
 	if direct {
-		err = ln.readDirect(ctx, r)
-	} else {
-		err = ln.wait(ctx, r)
+		return ln.readDirect(ctx, r)
 	}
-	if err != nil {
-		return err
-	}
-	if r.fault != nil {
-		return r.fault
-	}
-	if r.deferValues {
-		r.replayValues()
-	}
-	return nil
+	return ln.wait(ctx, r)
 }
 
 // lane is one shared connection and its queues.
@@ -158,6 +167,9 @@ type lane struct {
 	flight        ring // written, awaiting replies, in write order
 	inflightBytes int
 	closeCause    error    // why nc was closed by a writer or Close, for the reader to report
+	dial          *dialing // the dial under way, if any
+	answered      bool     // a reply has started on nc: nc may since have gone stale idle
+	staleRisk     bool     // nc was idle, had answered before, and no reply has started since
 	reading       bool     // the reader role is held (umread.go)
 	direct        *request // the lone request whose own caller holds the role
 
@@ -187,11 +199,19 @@ func (ln *lane) writeLoop(ctx context.Context, own *request) (direct bool) {
 		ln.mu.Lock()
 		if len(ln.pending) == 0 {
 			ln.writing = false
-			direct = ln.direct == own
+			direct = own != nil && ln.direct == own
 			ln.mu.Unlock()
 			return direct
 		}
 		if err := ln.ensureConn(ctx); err != nil {
+			if ln.dial != nil {
+				// Our context ended while the dial goes on: the dial
+				// takes the writer role over (dialFor). A queued own
+				// leaves through wait.
+				ln.writing = false
+				ln.mu.Unlock()
+				return false
+			}
 			failed := ln.takePending(ln.taken[:0])
 			ln.mu.Unlock()
 			for _, r := range failed {
@@ -343,6 +363,11 @@ func (ln *lane) publish(nc net.Conn, wire []*request, own *request) bool {
 		return false
 	}
 	wasIdle := ln.flight.len() == 0
+	if wasIdle {
+		// The server may have closed nc while it sat idle; a fault before
+		// any reply starts then lets idempotent reads be retried.
+		ln.staleRisk = ln.answered
+	}
 	for _, r := range wire {
 		if r.noreply {
 			r.where = atCaller
@@ -361,29 +386,81 @@ func (ln *lane) publish(nc net.Conn, wire []*request, own *request) bool {
 	return true
 }
 
-// ensureConn dials when the lane has no connection.
-// Called with mu held; the lock is released while dialing. The dial does
-// not inherit the caller's cancellation: it serves every queued request.
+// ensureConn makes sure the lane has a connection, dialing when it has
+// none. Called with mu held; the lock is released while waiting. The dial
+// runs on a goroutine of its own and does not inherit the caller's
+// cancellation, since it serves every queued request; the caller stops
+// waiting when its context ends, and the dial goes on (bounded by
+// ConnectTimeout). While a dial is under way, ln.dial is set.
 func (ln *lane) ensureConn(ctx context.Context) error {
 	if ln.nc != nil {
 		return nil
 	}
+	dl := ln.dial
+	if dl == nil {
+		dl = &dialing{done: make(chan struct{})}
+		ln.dial = dl
+		go ln.dialFor(context.WithoutCancel(ctx), dl)
+	}
 	ln.mu.Unlock()
-	cn, err := ln.u.d.dial(context.WithoutCancel(ctx))
+	select {
+	case <-dl.done:
+	case <-ctx.Done():
+	}
 	ln.mu.Lock()
-	if err != nil {
-		return err
+	switch {
+	case ln.nc != nil:
+		return nil
+	case ln.dial != dl:
+		return dl.err
 	}
-	if ln.u.closed.Load() {
+	return &ConnError{Op: "dial", Addr: ln.u.d.addr, Err: ctx.Err()}
+}
+
+// dialing is a lane's dial in progress; err is set before done closes.
+type dialing struct {
+	done chan struct{}
+	err  error
+}
+
+// dialFor dials for the lane. A writer that left while waiting for it
+// (its context ended) handed the writer role over to the dial: when no
+// goroutine writes and requests are queued, the dial's goroutine writes
+// them, or fails them if the dial failed.
+func (ln *lane) dialFor(ctx context.Context, dl *dialing) {
+	cn, err := ln.u.d.dial(ctx)
+	ln.mu.Lock()
+	ln.dial = nil
+	if err == nil && ln.u.closed.Load() {
 		cn.close()
-		return ErrClosed
+		err = ErrClosed
 	}
-	ln.nc = cn.nc
-	ln.writeDeadline = time.Time{}
-	ln.inflightBytes = 0
-	ln.deadlineStale = true
-	ln.startReader()
-	return nil
+	if err == nil {
+		ln.nc = cn.nc
+		ln.writeDeadline = time.Time{}
+		ln.inflightBytes = 0
+		ln.deadlineStale = true
+		ln.answered, ln.staleRisk = false, false
+		ln.startReader()
+	}
+	dl.err = err
+	close(dl.done)
+	orphaned := !ln.writing && len(ln.pending) > 0
+	var failed []*request
+	if orphaned {
+		if err != nil {
+			failed = ln.takePending(nil)
+		} else {
+			ln.writing = true
+		}
+	}
+	ln.mu.Unlock()
+	for _, r := range failed {
+		ln.complete(r, err)
+	}
+	if orphaned && err == nil {
+		ln.writeLoop(ctx, nil)
+	}
 }
 
 // wait blocks until r completes, or gives up when ctx is done: a request
@@ -435,6 +512,15 @@ func newSink(r *request) *request {
 	s.keys = append([]string(nil), r.keys...)
 	s.sink, s.deferValues, s.where = true, true, atFlight
 	return s
+}
+
+// markStaleIdle records that r, and the gets a batch carries, failed on a
+// connection that had gone stale while idle, before any reply started.
+func (r *request) markStaleIdle() {
+	r.staleIdle = true
+	for _, m := range r.members {
+		m.staleIdle = true
+	}
 }
 
 // setWhere records where r is, and so where the gets a batch carries are.

@@ -269,6 +269,7 @@ func (ln *lane) startParse() (*request, net.Conn) {
 	if r != nil {
 		r.setWhere(atParse)
 	}
+	ln.answered, ln.staleRisk = true, false
 	nc := ln.nc
 	ln.mu.Unlock()
 	return r, nc
@@ -356,7 +357,9 @@ func (ln *lane) failAnswered(nc net.Conn, err error, answered *request) {
 	}
 	ln.mu.Lock()
 	var failed []*request
+	staleIdle := false
 	if ln.nc == nc {
+		staleIdle, ln.staleRisk = ln.staleRisk, false
 		// Detach before closing: a writer whose write fails because of
 		// this close finds nc out of service and does not record "use of
 		// closed network connection" as the cause.
@@ -375,6 +378,9 @@ func (ln *lane) failAnswered(nc net.Conn, err error, answered *request) {
 		ln.complete(answered, nil)
 	}
 	for _, r := range failed {
+		if staleIdle {
+			r.markStaleIdle()
+		}
 		ln.complete(r, err)
 	}
 }
