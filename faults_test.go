@@ -548,46 +548,71 @@ func TestFaultDialRefused(t *testing.T) {
 	}
 }
 
+// ConnectTimeout bounds every dial, on every driver; on the pooled drivers
+// a caller's shorter deadline bounds the dial itself. (On Ultra the dial
+// serves every queued request and outlives a caller that leaves:
+// TestUltraDialOutlivesLeavingCaller; the caller's own wait is bounded on
+// every driver: TestFaultDialBoundedByCallerContext.)
 func TestFaultDialTimeout(t *testing.T) {
 	const connectTimeout = 100 * time.Millisecond
-	var mu sync.Mutex
-	var deadlines []time.Duration // how far ahead the dial context's deadline was
-	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
-		dl, ok := ctx.Deadline()
-		mu.Lock()
-		if ok {
-			deadlines = append(deadlines, time.Until(dl))
-		} else {
-			deadlines = append(deadlines, -1)
-		}
-		mu.Unlock()
-		<-ctx.Done()
-		return nil, ctx.Err()
+	for _, proto := range wireDrivers {
+		t.Run(proto.String(), func(t *testing.T) {
+			var mu sync.Mutex
+			var ahead []time.Duration // how far ahead each dial's deadline was
+			dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+				dl, ok := ctx.Deadline()
+				mu.Lock()
+				if ok {
+					ahead = append(ahead, time.Until(dl))
+				} else {
+					ahead = append(ahead, -1)
+				}
+				mu.Unlock()
+				<-ctx.Done()
+				return nil, ctx.Err()
+			}
+			dialsAhead := func() []time.Duration {
+				mu.Lock()
+				defer mu.Unlock()
+				return append([]time.Duration(nil), ahead...)
+			}
+			c := newTestClient(t, "127.0.0.1:1", proto, Options{ConnectTimeout: connectTimeout, Timeout: time.Minute, DialContext: dial})
+			for name, op := range map[string]func() error{
+				"get":     func() error { _, err := c.Get(bg, "k", nil); return err },
+				"set":     func() error { return c.Set(bg, "k", []byte("v"), 0) },
+				"connect": func() error { return c.Connect(bg) },
+			} {
+				err := guarded(t, op)
+				var ce *ConnError
+				require.ErrorAs(t, err, &ce, name)
+				assert.Equal(t, "dial", ce.Op, name)
+				assert.ErrorIs(t, err, context.DeadlineExceeded, name)
+				assert.True(t, ce.Timeout(), name)
+			}
+			dials := dialsAhead()
+			require.Len(t, dials, 3)
+			for i, d := range dials {
+				assert.Positive(t, d, "dial %d had no deadline", i)
+				assert.LessOrEqual(t, d, connectTimeout, "dial %d is bounded by ConnectTimeout", i)
+			}
+			if proto == Ultra {
+				return
+			}
+
+			c2 := newTestClient(t, "127.0.0.1:1", proto, Options{ConnectTimeout: time.Minute, Timeout: time.Minute, DialContext: dial})
+			ctx, cancel := context.WithTimeout(bg, 50*time.Millisecond)
+			defer cancel()
+			res := guardedGet(t, c2, ctx, "k")
+			var ce *ConnError
+			require.ErrorAs(t, res.err, &ce)
+			assert.Equal(t, "dial", ce.Op)
+			assert.ErrorIs(t, res.err, context.DeadlineExceeded)
+			dials = dialsAhead()
+			require.Len(t, dials, 4)
+			assert.Positive(t, dials[3])
+			assert.LessOrEqual(t, dials[3], 50*time.Millisecond, "the dial is bounded by the caller's deadline")
+		})
 	}
-	c := newTestClient(t, "127.0.0.1:1", Text, Options{ConnectTimeout: connectTimeout, Timeout: time.Minute, DialContext: dial})
-	res := guardedGet(t, c, bg, "k")
-	var ce *ConnError
-	require.ErrorAs(t, res.err, &ce)
-	assert.Equal(t, "dial", ce.Op)
-	assert.ErrorIs(t, res.err, context.DeadlineExceeded)
-	assert.True(t, ce.Timeout())
-
-	// A caller's deadline shorter than ConnectTimeout bounds the dial too.
-	c2 := newTestClient(t, "127.0.0.1:1", Text, Options{ConnectTimeout: time.Minute, Timeout: time.Minute, DialContext: dial})
-	ctx, cancel := context.WithTimeout(bg, 50*time.Millisecond)
-	defer cancel()
-	res = guardedGet(t, c2, ctx, "k")
-	require.ErrorAs(t, res.err, &ce)
-	assert.Equal(t, "dial", ce.Op)
-	assert.ErrorIs(t, res.err, context.DeadlineExceeded)
-
-	mu.Lock()
-	defer mu.Unlock()
-	require.Len(t, deadlines, 2)
-	assert.Positive(t, deadlines[0])
-	assert.LessOrEqual(t, deadlines[0], connectTimeout, "the dial is bounded by ConnectTimeout")
-	assert.Positive(t, deadlines[1])
-	assert.LessOrEqual(t, deadlines[1], 50*time.Millisecond, "the dial is bounded by the caller's deadline")
 }
 
 func TestFaultExtraBytesAfterReply(t *testing.T) {

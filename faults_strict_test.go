@@ -14,9 +14,10 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// Fault tests added by the audit of issue 6's fault-tolerance list, for
-// items whose existing tests passed with the handling removed, or that did
-// not run on every driver they apply to. They reuse the fake server and
+// Fault tests that pin each handling down where a looser one would pass
+// the tests in faults_test.go (a lax number parser, a CRLF check that
+// other checks mask), and the fault cases on the drivers those tests do
+// not run (Ultra's idle connections and dials, binary multi-get keys). They reuse the fake server and
 // helpers of faults_test.go, faults_drivers_test.go and faults_server_test.go.
 
 // A VALUE length that is not a plain decimal number is refused as such,
@@ -25,7 +26,7 @@ import (
 // cases of TestFaultMalformedReplies are also refused for another reason
 // (their data block is not followed by CRLF under a lax reading), so they
 // pass with a length parser that reads "abc" or "-5" as 0.
-func TestAuditValueLengthNotReadLaxly(t *testing.T) {
+func TestFaultValueLengthNotReadLaxly(t *testing.T) {
 	cases := []struct{ name, reply string }{
 		{"non-numeric length, atoi reads 0", "VALUE k 0 abc\r\n\r\nEND\r\n"},
 		{"negative length, atoi reads 0", "VALUE k 0 -5\r\n\r\nEND\r\n"},
@@ -33,6 +34,13 @@ func TestAuditValueLengthNotReadLaxly(t *testing.T) {
 		{"2^32+5, 5 in 32 bits", "VALUE k 0 4294967301\r\nwrong\r\nEND\r\n"},
 		{"2^64+5, 5 in 64 bits", "VALUE k 0 18446744073709551621\r\nwrong\r\nEND\r\n"},
 	}
+	assertGetRefused(t, cases, "malformed VALUE line")
+}
+
+// assertGetRefused answers a get with each reply on the text drivers and
+// expects a protocol error naming why, no value, and a fresh connection
+// for the next request.
+func assertGetRefused(t *testing.T, cases []struct{ name, reply string }, why string) {
 	for _, proto := range textDrivers {
 		t.Run(proto.String(), func(t *testing.T) {
 			for _, tc := range cases {
@@ -41,7 +49,7 @@ func TestAuditValueLengthNotReadLaxly(t *testing.T) {
 					c := newFaultClient(t, srv.Addr, proto, Options{Timeout: 2 * time.Second})
 					res := guardedGet(t, c, bg, "k")
 					require.ErrorIs(t, res.err, ErrProtocol)
-					assert.Contains(t, res.err.Error(), "malformed VALUE line")
+					assert.Contains(t, res.err.Error(), why)
 					assert.Empty(t, res.v)
 					afterFault(t, srv, c)
 				})
@@ -54,7 +62,7 @@ func TestAuditValueLengthNotReadLaxly(t *testing.T) {
 // line after it would parse: TestFaultMalformedReplies' case fails for
 // other reasons (the leftover bytes make an empty line) when the CRLF
 // check is removed. Also when the block spans reads (the scratch path).
-func TestAuditDataBlockCRLFChecked(t *testing.T) {
+func TestFaultDataBlockCRLFChecked(t *testing.T) {
 	big := strings.Repeat("s", 40_000) // over the 16 KiB read buffer
 	cases := []struct{ name, reply string }{
 		{"other bytes", "VALUE k 0 5\r\nwrong!!END\r\n"},
@@ -62,28 +70,14 @@ func TestAuditDataBlockCRLFChecked(t *testing.T) {
 		{"other bytes after a block that spans reads", "VALUE k 0 40000\r\n" + big + "!!END\r\n"},
 		{"LF CR after a block that spans reads", "VALUE k 0 40000\r\n" + big + "\n\rEND\r\n"},
 	}
-	for _, proto := range textDrivers {
-		t.Run(proto.String(), func(t *testing.T) {
-			for _, tc := range cases {
-				t.Run(tc.name, func(t *testing.T) {
-					srv := startFakeServer(t, replyFirstThenServe(tc.reply))
-					c := newFaultClient(t, srv.Addr, proto, Options{Timeout: 2 * time.Second})
-					res := guardedGet(t, c, bg, "k")
-					require.ErrorIs(t, res.err, ErrProtocol)
-					assert.Contains(t, res.err.Error(), "data block not followed by CRLF")
-					assert.Empty(t, res.v)
-					afterFault(t, srv, c)
-				})
-			}
-		})
-	}
+	assertGetRefused(t, cases, "data block not followed by CRLF")
 }
 
 // A multi-get reply carrying a value for a key that was not asked is a
 // protocol error on every driver, and the value never reaches the
 // callback. (TestFaultMalformedReplies has the single-key get on the text
 // drivers; the binary and multi-key cases were parser tests only.)
-func TestAuditMultiGetValueForKeyNotAsked(t *testing.T) {
+func TestFaultMultiGetValueForKeyNotAsked(t *testing.T) {
 	for _, proto := range wireDrivers {
 		t.Run(proto.String(), func(t *testing.T) {
 			reply := "VALUE a 0 1\r\nA\r\nVALUE c 0 5\r\nwrong\r\nEND\r\n"
@@ -131,9 +125,9 @@ func TestAuditMultiGetValueForKeyNotAsked(t *testing.T) {
 	}
 }
 
-// auditReply is fakeReply with answers for the counters, touch and
+// fakeReplyAll is fakeReply with answers for the counters, touch and
 // flush_all, so that a command sent on a fresh connection succeeds.
-func auditReply(proto Protocol, req fakeRequest) string {
+func fakeReplyAll(proto Protocol, req fakeRequest) string {
 	if proto == Binary {
 		return fakeReplyAs(proto, req, fresh)
 	}
@@ -154,7 +148,7 @@ func auditReply(proto Protocol, req fakeRequest) string {
 // before hanging up, so a resend would apply it twice. Every driver,
 // Ultra included (TestFaultIdleConnectionClosedByServer runs Text and
 // Binary only).
-func TestAuditIdleConnectionCommandNotResent(t *testing.T) {
+func TestFaultIdleConnectionCommandNotResent(t *testing.T) {
 	ops := []struct {
 		name string
 		op   func(c *Client) error
@@ -194,7 +188,7 @@ func TestAuditIdleConnectionCommandNotResent(t *testing.T) {
 						mu.Lock()
 						later = append(later, req.Line)
 						mu.Unlock()
-						fc.Send(auditReply(proto, req))
+						fc.Send(fakeReplyAll(proto, req))
 					}
 				})
 				c := newFaultClient(t, srv.Addr, proto, Options{Timeout: 2 * time.Second, MaxConns: 1})
@@ -227,8 +221,8 @@ func TestAuditIdleConnectionCommandNotResent(t *testing.T) {
 // found the connection closed before writing, carried out once on a new
 // one); it is never carried out twice, and a reported one is not carried
 // out at all. TestServerIdleTimeout runs Text and Binary only. (Reads:
-// TestAuditUltraIdleReadRetried.)
-func TestAuditServerIdleTimeoutUltra(t *testing.T) {
+// TestFaultUltraIdleReadRetried.)
+func TestFaultServerIdleTimeoutUltra(t *testing.T) {
 	srv := startMemcached(t, "-o", "idle_timeout=1")
 	type idleCase struct {
 		name      string
@@ -283,50 +277,6 @@ func TestAuditServerIdleTimeoutUltra(t *testing.T) {
 	}
 }
 
-// ConnectTimeout bounds the dial on every driver (TestFaultDialTimeout
-// runs Text only).
-func TestAuditDialTimeoutEveryDriver(t *testing.T) {
-	const connectTimeout = 100 * time.Millisecond
-	for _, proto := range wireDrivers {
-		t.Run(proto.String(), func(t *testing.T) {
-			var mu sync.Mutex
-			var ahead []time.Duration // how far ahead each dial's deadline was
-			dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
-				dl, ok := ctx.Deadline()
-				mu.Lock()
-				if ok {
-					ahead = append(ahead, time.Until(dl))
-				} else {
-					ahead = append(ahead, -1)
-				}
-				mu.Unlock()
-				<-ctx.Done()
-				return nil, ctx.Err()
-			}
-			c := newTestClient(t, "127.0.0.1:1", proto, Options{ConnectTimeout: connectTimeout, Timeout: time.Minute, DialContext: dial})
-			for name, op := range map[string]func() error{
-				"get":     func() error { _, err := c.Get(bg, "k", nil); return err },
-				"set":     func() error { return c.Set(bg, "k", []byte("v"), 0) },
-				"connect": func() error { return c.Connect(bg) },
-			} {
-				err := guarded(t, op)
-				var ce *ConnError
-				require.ErrorAs(t, err, &ce, name)
-				assert.Equal(t, "dial", ce.Op, name)
-				assert.ErrorIs(t, err, context.DeadlineExceeded, name)
-				assert.True(t, ce.Timeout(), name)
-			}
-			mu.Lock()
-			defer mu.Unlock()
-			require.Len(t, ahead, 3)
-			for i, d := range ahead {
-				assert.Positive(t, d, "dial %d had no deadline", i)
-				assert.LessOrEqual(t, d, connectTimeout, "dial %d is bounded by ConnectTimeout", i)
-			}
-		})
-	}
-}
-
 // memcached answers a storage command whose key it refuses (over 250
 // bytes; MaxKeyLength lets the client send it) with CLIENT_ERROR and then
 // an ERROR for the data line it reads as a command. The client reports
@@ -337,7 +287,7 @@ func TestAuditDialTimeoutEveryDriver(t *testing.T) {
 // read as the CLIENT_ERROR and is refused as bytes with no request in
 // flight, so this test passes there even when CLIENT_ERROR keeps the
 // connection; TestFaultErrorReplies is the one that pins it on Ultra.
-func TestAuditClientErrorAfterStorageRealServer(t *testing.T) {
+func TestFaultClientErrorAfterStorageRealServer(t *testing.T) {
 	srv := startMemcached(t)
 	long := strings.Repeat("k", 260)
 	for _, proto := range wireDrivers {
@@ -372,14 +322,12 @@ func TestAuditClientErrorAfterStorageRealServer(t *testing.T) {
 	}
 }
 
-// Known failure (audit of issue 6): the Ultra driver does not retry a read
-// on a connection the server closed while it sat idle. Issue 6 asks for a
-// retry on a fresh connection for idempotent reads when no reply byte was
-// read; Text and Binary do it (TestFaultIdleConnectionClosedByServer,
-// TestServerIdleTimeout), Ultra reports the EOF. Ultra's reader only reads
-// while a reply is due, so it finds the close when the next request's
-// reply is read, and fails that request.
-func TestAuditUltraIdleReadRetried(t *testing.T) {
+// Ultra retries a read once on a fresh connection when the shared
+// connection was closed by the server while it sat idle and no reply byte
+// came back, as Text and Binary do (TestFaultIdleConnectionClosedByServer,
+// TestServerIdleTimeout). Ultra's reader only reads while a reply is due,
+// so the close is found when the next request's reply is read.
+func TestFaultUltraIdleReadRetried(t *testing.T) {
 	reads := []struct {
 		name string
 		op   func(c *Client) error
@@ -422,15 +370,12 @@ func TestAuditUltraIdleReadRetried(t *testing.T) {
 	})
 }
 
-// Known failure (audit of issue 6): on Ultra a caller's context does not
-// bound the dial its request waits for. The lane dials with
-// context.WithoutCancel (the connection serves every queued request), and
-// the caller that holds the writer role dials in its own goroutine, so its
-// Get returns only when ConnectTimeout ends the dial, whatever its
-// context said. Text and Binary return when the context ends
-// (TestFaultDialTimeout's second half, on Text). ConnectTimeout here is
-// longer than the hang guard, so the guard reports the wait.
-func TestAuditDialBoundedByCallerContext(t *testing.T) {
+// A caller's context bounds its wait for a dial on every driver. On Ultra
+// the dial goes on without the caller (it serves every queued request:
+// TestUltraDialOutlivesLeavingCaller), but the caller returns when its
+// context ends. ConnectTimeout here is longer than the hang guard, so a
+// caller that waited for the dial would trip the guard.
+func TestFaultDialBoundedByCallerContext(t *testing.T) {
 	for _, proto := range wireDrivers {
 		for _, how := range []string{"deadline", "cancel"} {
 			t.Run(proto.String()+"/"+how, func(t *testing.T) {
