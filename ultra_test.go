@@ -60,7 +60,7 @@ func TestUltraStressOwnership(t *testing.T) {
 					ctx, cancel = context.WithCancel(bg)
 					go func(d time.Duration) { time.Sleep(d); cancel() }(time.Duration(rng.Intn(300)) * time.Microsecond)
 				}
-				err := ultraRandomOp(ctx, c, rng, k, keys, buf)
+				err := randomOwnedOp(ctx, c, rng, k, keys, buf)
 				cancel()
 				switch {
 				case err == nil || errors.Is(err, ErrCacheMiss):
@@ -89,9 +89,9 @@ func TestUltraStressOwnership(t *testing.T) {
 	}
 }
 
-// ultraRandomOp runs one random operation on key and checks that any value
+// randomOwnedOp runs one random operation on key and checks that any value
 // it reads names the key it was read for.
-func ultraRandomOp(ctx context.Context, c *Client, rng *rand.Rand, k string, keys int, buf []byte) error {
+func randomOwnedOp(ctx context.Context, c *Client, rng *rand.Rand, k string, keys int, buf []byte) error {
 	switch rng.Intn(5) {
 	case 0:
 		return c.Set(ctx, k, valueFor(k, 10+rng.Intn(20000)), 0)
