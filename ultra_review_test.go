@@ -1,0 +1,127 @@
+package ermc
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// Review tests for e174848 (Ultra: the lane's dial on its own goroutine,
+// and the retry of a read that failed on a connection gone stale while
+// idle). Each pins one suspected fault.
+
+// gateConn holds a Write whose bytes contain gateOn until gate is closed.
+// It signals nothing to the test on purpose: a channel send from the
+// writer would order the writer's memory accesses before the test's, and
+// hide from the race detector what the test looks for.
+type gateConn struct {
+	net.Conn
+	gateOn  []byte
+	gate    <-chan struct{}
+	onClose func()
+}
+
+func (g *gateConn) Write(b []byte) (int, error) {
+	if g.gateOn != nil && bytes.Contains(b, g.gateOn) {
+		<-g.gate
+	}
+	return g.Conn.Write(b)
+}
+
+func (g *gateConn) Close() error {
+	if g.onClose != nil {
+		g.onClose()
+	}
+	return g.Conn.Close()
+}
+
+// laneState reads, under the lane's lock, how many requests are in flight
+// and whether the lane has a connection.
+func laneState(c *Client) (inFlight int, connected bool) {
+	ln := c.drv.(*ultraDriver).lanes[0]
+	ln.mu.Lock()
+	defer ln.mu.Unlock()
+	return ln.flight.len(), ln.nc != nil
+}
+
+// waitLane polls laneState until cond holds, within the hang guard.
+func waitLane(t *testing.T, c *Client, what string, cond func(inFlight int, connected bool) bool) {
+	t.Helper()
+	deadline := time.Now().Add(hangGuard)
+	for !cond(laneState(c)) {
+		require.True(t, time.Now().Before(deadline), "lane never reached: %s", what)
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// Connect dials a lane whose connection the reader has just failed while
+// the writer is still in the middle of its write on that old connection
+// (after publish, before Write returns). dialFor then resets
+// ln.writeDeadline under ln.mu, while the writer touches it without the
+// lock (writeLoop, umframe.go:239-241): a data race, which the race
+// detector reports. Run with -race.
+func TestReviewConnectDialRacesWriterDeadline(t *testing.T) {
+	if !raceEnabled {
+		t.Skip("shows a data race: run with -race")
+	}
+	hangup := make(chan struct{})
+	srv := startFakeServer(t, func(fc *fakeConn) {
+		if fc.N > 0 {
+			fc.Serve(fresh)
+			return
+		}
+		req, ok := fc.Next() // the warm-up get
+		if !ok {
+			return
+		}
+		fc.Send(fakeReply(req, fresh))
+		if _, ok := fc.Next(); !ok { // "get p": never answered
+			return
+		}
+		fc.Wait(hangup) // then the server hangs up
+	})
+	gate := make(chan struct{})
+	var dials atomic.Int32
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var d net.Dialer
+		nc, err := d.DialContext(ctx, network, addr)
+		if err != nil || dials.Add(1) > 1 {
+			return nc, err
+		}
+		return &gateConn{Conn: nc, gateOn: []byte("get w\r\n"), gate: gate}, nil
+	}
+	c := newFaultClient(t, srv.Addr, Ultra, Options{Timeout: 2 * time.Second, DialContext: dial})
+	defer func() {
+		select {
+		case <-gate:
+		default:
+			close(gate)
+		}
+	}()
+
+	require.NoError(t, guardedGet(t, c, bg, "k").err)
+	// p goes alone onto the idle connection: its caller reads its reply.
+	p := goGet(c, bg, "p")
+	waitLane(t, c, "p in flight", func(n int, _ bool) bool { return n == 1 })
+	// w is written behind it by w's caller, whose Write is held.
+	w := goGet(c, bg, "w")
+	waitLane(t, c, "w in flight", func(n int, _ bool) bool { return n == 2 })
+
+	close(hangup) // p's reader sees EOF and fails the connection
+	waitLane(t, c, "the connection failed", func(_ int, up bool) bool { return !up })
+	require.NoError(t, guarded(t, func() error { return c.Connect(bg) }))
+	close(gate)
+
+	for _, ch := range []<-chan getResult{p, w} {
+		res := awaitGet(t, ch)
+		if res.err != nil {
+			assert.ErrorIs(t, res.err, ErrCacheMiss)
+		}
+	}
+}
