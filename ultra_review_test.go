@@ -125,3 +125,29 @@ func TestReviewConnectDialRacesWriterDeadline(t *testing.T) {
 		}
 	}
 }
+
+// Close while a lane is dialing. close() takes every queued request and
+// completes it with ErrClosed, so a caller queued behind the writer
+// returns at once. The writer's own caller has had its request completed
+// too, but it is still in ensureConn waiting for the dial (its context
+// never ends), so it returns only when the dial does: with
+// ConnectTimeout a minute, a minute after Close. The dial goroutine
+// (dialFor) likewise outlives Close.
+func TestReviewCloseDuringDialReleasesWriter(t *testing.T) {
+	srv := startFakeServer(t, func(fc *fakeConn) { fc.Serve(fresh) })
+	release := make(chan struct{})
+	defer close(release)
+	dial, started := heldDial(srv.Addr, release, nil)
+	c := newFaultClient(t, srv.Addr, Ultra, Options{ConnectTimeout: time.Minute, DialContext: dial})
+
+	first := goGet(c, bg, "k") // the writer, waiting for the dial
+	<-started
+	second := goGet(c, bg, "k") // queued behind it
+	waitPending(t, c, 2)
+
+	require.NoError(t, c.Close())
+	res := awaitGet(t, second)
+	require.ErrorIs(t, res.err, ErrClosed, "the queued caller")
+	res = awaitGet(t, first)
+	require.ErrorIs(t, res.err, ErrClosed, "the writer's caller")
+}
