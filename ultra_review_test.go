@@ -151,3 +151,43 @@ func TestReviewCloseDuringDialReleasesWriter(t *testing.T) {
 	res = awaitGet(t, first)
 	require.ErrorIs(t, res.err, ErrClosed, "the writer's caller")
 }
+
+// The retry of a stale idle read does not look at whether the client was
+// closed: ultraDriver.do checks u.closed once, before the first attempt.
+// Here Close runs just as the reader fails the stale connection (from
+// that connection's Close, so the order is fixed): the retry then starts
+// a dial after Close, opening (and, with a Username, authenticating) a
+// connection to the server only for dialFor to close it.
+func TestReviewRetryAfterCloseDoesNotDial(t *testing.T) {
+	srv := startFakeServer(t, serveOneThenHangUp(Ultra))
+	var c *Client
+	var arm atomic.Bool
+	var dials, dialsAfterClose atomic.Int32
+	var closed atomic.Bool
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		dials.Add(1)
+		if closed.Load() {
+			dialsAfterClose.Add(1)
+		}
+		var d net.Dialer
+		nc, err := d.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return &gateConn{Conn: nc, onClose: func() {
+			if arm.CompareAndSwap(true, false) {
+				closed.Store(true)
+				_ = c.Close()
+			}
+		}}, nil
+	}
+	c = newFaultClient(t, srv.Addr, Ultra, Options{Timeout: 2 * time.Second, DialContext: dial})
+	require.NoError(t, guardedGet(t, c, bg, "k").err)
+	srv.WaitEnded(0) // the idle connection is now closed by the server
+
+	arm.Store(true)
+	res := guardedGet(t, c, bg, "k")
+	t.Logf("Get on the stale connection, Close meanwhile: %v", res.err)
+	require.True(t, closed.Load(), "Close ran as the stale connection was failed")
+	assert.EqualValues(t, 0, dialsAfterClose.Load(), "a dial after Close (dials in all: %d)", dials.Load())
+}
