@@ -46,6 +46,7 @@ type ultraDriver struct {
 	lanes  []*lane
 	next   atomic.Uint32
 	closed atomic.Bool
+	done   chan struct{} // closed by close: callers waiting for a dial leave
 }
 
 // defaultUltraLanes: one shared connection per core is enough to keep the
@@ -53,7 +54,7 @@ type ultraDriver struct {
 func defaultUltraLanes() int { return max(1, min(runtime.GOMAXPROCS(0), 8)) }
 
 func newUltraDriver(network, addr string, opts *Options, lanes int) *ultraDriver {
-	u := &ultraDriver{d: dialer{network: network, addr: addr, opts: opts, codec: textCodec}}
+	u := &ultraDriver{d: dialer{network: network, addr: addr, opts: opts, codec: textCodec}, done: make(chan struct{})}
 	u.lanes = make([]*lane, lanes)
 	for i := range u.lanes {
 		u.lanes[i] = &lane{u: u, space: make(chan struct{}, 1)}
@@ -82,6 +83,7 @@ func (u *ultraDriver) connect(ctx context.Context) error {
 
 func (u *ultraDriver) close() error {
 	u.closed.Store(true)
+	close(u.done) // Client.Close calls this once
 	for _, ln := range u.lanes {
 		ln.mu.Lock()
 		pending := ln.takePending(nil)
@@ -183,9 +185,11 @@ type lane struct {
 	rbuf          []byte
 	rpos, rend    int
 	readDeadline  time.Time
-	deadlineStale bool // an interrupt may have moved the deadline
+	readConn      net.Conn // the connection readDeadline was set on
+	deadlineStale bool     // an interrupt may have moved the deadline
 	// Owned by the writer role.
 	writeDeadline time.Time
+	writeConn     net.Conn // the connection writeDeadline was set on
 	wbuf          []byte
 	taken         []*request // the batch being written
 	wire          []*request // the batch in wire order, fences included
@@ -205,9 +209,9 @@ func (ln *lane) writeLoop(ctx context.Context, own *request) (direct bool) {
 		}
 		if err := ln.ensureConn(ctx); err != nil {
 			if ln.dial != nil {
-				// Our context ended while the dial goes on: the dial
-				// takes the writer role over (dialFor). A queued own
-				// leaves through wait.
+				// Our context ended (or the client closed) while the
+				// dial goes on: the dial takes the writer role over
+				// (dialFor). A queued own leaves through wait.
 				ln.writing = false
 				ln.mu.Unlock()
 				return false
@@ -236,9 +240,9 @@ func (ln *lane) writeLoop(ctx context.Context, own *request) (direct bool) {
 		var wire []*request
 		ln.wbuf, wire = ln.encodeBatch(ln.wbuf[:0], batch)
 		if ln.publish(nc, wire, own) {
-			if dl := deadlineAfter(ln.u.d.opts.Timeout); !dl.Equal(ln.writeDeadline) || dl.IsZero() {
+			if dl := deadlineAfter(ln.u.d.opts.Timeout); nc != ln.writeConn || !dl.Equal(ln.writeDeadline) || dl.IsZero() {
 				_ = nc.SetWriteDeadline(dl)
-				ln.writeDeadline = dl
+				ln.writeDeadline, ln.writeConn = dl, nc
 			}
 			if _, err := nc.Write(ln.wbuf); err != nil {
 				ln.closeWith(nc, &ConnError{Op: "write", Addr: ln.u.d.addr, Err: err})
@@ -396,6 +400,9 @@ func (ln *lane) ensureConn(ctx context.Context) error {
 	if ln.nc != nil {
 		return nil
 	}
+	if ln.u.closed.Load() {
+		return ErrClosed // no dial after Close
+	}
 	dl := ln.dial
 	if dl == nil {
 		dl = &dialing{done: make(chan struct{})}
@@ -406,6 +413,7 @@ func (ln *lane) ensureConn(ctx context.Context) error {
 	select {
 	case <-dl.done:
 	case <-ctx.Done():
+	case <-ln.u.done:
 	}
 	ln.mu.Lock()
 	switch {
@@ -413,6 +421,8 @@ func (ln *lane) ensureConn(ctx context.Context) error {
 		return nil
 	case ln.dial != dl:
 		return dl.err
+	case ln.u.closed.Load():
+		return ErrClosed
 	}
 	return &ConnError{Op: "dial", Addr: ln.u.d.addr, Err: ctx.Err()}
 }
@@ -437,9 +447,7 @@ func (ln *lane) dialFor(ctx context.Context, dl *dialing) {
 	}
 	if err == nil {
 		ln.nc = cn.nc
-		ln.writeDeadline = time.Time{}
 		ln.inflightBytes = 0
-		ln.deadlineStale = true
 		ln.answered, ln.staleRisk = false, false
 		ln.startReader()
 	}

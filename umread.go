@@ -215,9 +215,9 @@ func (ln *lane) readMore(ctx context.Context, own *request) int {
 	if cd, ok := ctx.Deadline(); ok && ownWaiting && (dl.IsZero() || cd.Before(dl)) {
 		dl = cd
 	}
-	if dl != ln.readDeadline || ln.deadlineStale {
+	if nc != ln.readConn || dl != ln.readDeadline || ln.deadlineStale {
 		_ = nc.SetReadDeadline(dl)
-		ln.readDeadline, ln.deadlineStale = dl, false
+		ln.readDeadline, ln.readConn, ln.deadlineStale = dl, nc, false
 	}
 	// A cancellation whose interrupt ran before the deadline above was set
 	// was just overwritten: its context is already done, so look before
