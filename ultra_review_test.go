@@ -3,6 +3,7 @@ package ermc
 import (
 	"bytes"
 	"context"
+	"io"
 	"net"
 	"sync/atomic"
 	"testing"
@@ -190,4 +191,112 @@ func TestReviewRetryAfterCloseDoesNotDial(t *testing.T) {
 	t.Logf("Get on the stale connection, Close meanwhile: %v", res.err)
 	require.True(t, closed.Load(), "Close ran as the stale connection was failed")
 	assert.EqualValues(t, 0, dialsAfterClose.Load(), "a dial after Close (dials in all: %d)", dials.Load())
+}
+
+// staleReadConn is the first connection of TestReviewUntakenReadNotRetried:
+// once armed, a Read waits for gate, then until the lane's writer has
+// taken the queued batch and not yet published it, and reports EOF, as a
+// connection the server closed while it sat idle does.
+type staleReadConn struct {
+	gateConn
+	armed  atomic.Bool
+	taken  func() (taken, published bool)
+	missed atomic.Bool // the writer published before the read failed
+}
+
+func (s *staleReadConn) Read(b []byte) (int, error) {
+	if !s.armed.Load() {
+		return s.gateConn.Read(b)
+	}
+	<-s.gate
+	deadline := time.Now().Add(hangGuard)
+	for {
+		taken, published := s.taken()
+		if taken {
+			break
+		}
+		if published || time.Now().After(deadline) {
+			s.missed.Store(true)
+			break
+		}
+	}
+	return 0, io.EOF
+}
+
+// A read that the writer took off the queue (takeBatch) just before the
+// reader failed the connection, which had gone stale while idle, is
+// failed by publish (umframe.go:354-363) with ConnError{write,
+// net.ErrClosed}, though it was never written: it is not marked
+// staleIdle, so it is not retried, while the requests that were written
+// onto the same stale connection are. The window is the writer's encode
+// (a 900 KB set ahead of the get makes it wide); the fake connection's
+// Read reports EOF as soon as the writer has taken the batch.
+func TestReviewUntakenReadNotRetried(t *testing.T) {
+	big := bytes.Repeat([]byte("v"), 900<<10)
+	hits := 0
+	for attempt := 0; attempt < 10 && hits == 0; attempt++ {
+		srv := startFakeServer(t, func(fc *fakeConn) {
+			if fc.N > 0 {
+				fc.Serve(fresh)
+				return
+			}
+			req, ok := fc.Next()
+			if !ok {
+				return
+			}
+			fc.Send(fakeReply(req, fresh))
+			for {
+				if _, ok := fc.Next(); !ok { // read, never answered
+					return
+				}
+			}
+		})
+		gate := make(chan struct{})
+		var first *staleReadConn
+		var c *Client
+		dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+			var d net.Dialer
+			nc, err := d.DialContext(ctx, network, addr)
+			if err != nil || first != nil {
+				return nc, err
+			}
+			first = &staleReadConn{gateConn: gateConn{Conn: nc, gateOn: []byte("get b\r\n"), gate: gate}}
+			first.taken = func() (bool, bool) {
+				ln := c.drv.(*ultraDriver).lanes[0]
+				ln.mu.Lock()
+				defer ln.mu.Unlock()
+				return len(ln.pending) == 0 && ln.flight.len() == 2, ln.flight.len() > 2
+			}
+			return first, nil
+		}
+		c = newFaultClient(t, srv.Addr, Ultra, Options{Timeout: 2 * time.Second, DialContext: dial})
+		require.NoError(t, guardedGet(t, c, bg, "k").err)
+		first.armed.Store(true)
+
+		a := goGet(c, bg, "a") // alone on the idle connection: its caller reads
+		waitLane(t, c, "a in flight", func(n int, _ bool) bool { return n == 1 })
+		b := goGet(c, bg, "b") // written by b's caller, whose Write is held
+		waitLane(t, c, "b in flight", func(n int, _ bool) bool { return n == 2 })
+		set := make(chan error, 1)
+		go func() { set <- c.Set(bg, "s", big, 0) }()
+		waitPending(t, c, 1)
+		g := goGet(c, bg, "g")
+		waitPending(t, c, 2)
+
+		close(gate)
+		for _, ch := range []<-chan getResult{a, b} {
+			res := awaitGet(t, ch)
+			require.ErrorIs(t, res.err, ErrCacheMiss, "a read written onto the stale connection is retried")
+		}
+		res := awaitGet(t, g)
+		serr := <-set
+		if first.missed.Load() {
+			t.Logf("attempt %d: the writer published first; get g: %v", attempt, res.err)
+			continue
+		}
+		t.Logf("attempt %d: set s (never written, not retried by design): %v", attempt, serr)
+		hits++
+		assert.ErrorIs(t, res.err, ErrCacheMiss, "get g, never written, on the stale connection's failure")
+	}
+	require.Equal(t, 1, hits, "the window was never hit")
 }
