@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -12,7 +13,8 @@ import (
 // The Ultra driver: the text protocol through a pipelined framer, after
 // pyermc's ultramemcache driver. Requests from every goroutine are queued
 // on a few shared connections ("lanes"). Whoever finds a lane's writer idle
-// becomes its writer and sends everything queued in one write; the reader
+// becomes its writer and sends everything queued in one write (while the
+// lane dials, a writer that leaves hands the role to the dial); the reader
 // role (umread.go) parses replies and completes requests strictly in the
 // order they were written.
 //
@@ -104,7 +106,8 @@ func (u *ultraDriver) close() error {
 
 // do runs r on a lane. A read that failed only because the lane's
 // connection had gone stale while idle (closed by the server, found out
-// when used) is sent once more, on the same lane's fresh connection.
+// when used) is sent once more on the same lane, which has dropped that
+// connection: it goes out on a connection dialed after the fault.
 func (u *ultraDriver) do(ctx context.Context, r *request) error {
 	if u.closed.Load() {
 		return ErrClosed
@@ -196,8 +199,10 @@ type lane struct {
 }
 
 // writeLoop is run by the goroutine holding the writer role: it sends what
-// is queued until the queue is empty, then gives the role up. It reports
-// whether own's caller holds the reader role for its own reply.
+// is queued until the queue is empty, then gives the role up; or, when its
+// context ends (or the client closes) during a dial, it leaves the role to
+// the dial's goroutine. It reports whether own's caller holds the reader
+// role for its own reply.
 func (ln *lane) writeLoop(ctx context.Context, own *request) (direct bool) {
 	for {
 		ln.mu.Lock()
@@ -209,9 +214,10 @@ func (ln *lane) writeLoop(ctx context.Context, own *request) (direct bool) {
 		}
 		if err := ln.ensureConn(ctx); err != nil {
 			if ln.dial != nil {
-				// Our context ended (or the client closed) while the
-				// dial goes on: the dial takes the writer role over
-				// (dialFor). A queued own leaves through wait.
+				// A dial is under way (ours, whose wait our context or
+				// Close ended, or a newer one after ours failed): it
+				// takes the writer role over (dialFor). A queued own
+				// leaves through wait when its context ends.
 				ln.writing = false
 				ln.mu.Unlock()
 				return false
@@ -239,7 +245,7 @@ func (ln *lane) writeLoop(ctx context.Context, own *request) (direct bool) {
 
 		var wire []*request
 		ln.wbuf, wire = ln.encodeBatch(ln.wbuf[:0], batch)
-		if ln.publish(nc, wire, own) {
+		if ln.publish(nc, batch, wire, own) {
 			if dl := deadlineAfter(ln.u.d.opts.Timeout); nc != ln.writeConn || !dl.Equal(ln.writeDeadline) || dl.IsZero() {
 				_ = nc.SetWriteDeadline(dl)
 				ln.writeDeadline, ln.writeConn = dl, nc
@@ -350,20 +356,25 @@ func appendFence(dst []byte, wire []*request) ([]byte, []*request) {
 // publish puts the encoded requests in flight, in wire order, gives the
 // reader role out if nobody holds it, and lets noreply callers go: their
 // memory has been copied into the write buffer.
-// If nc failed meanwhile, nothing was sent: the requests fail instead, and
-// publish reports false.
-func (ln *lane) publish(nc net.Conn, wire []*request, own *request) bool {
+// If nc failed meanwhile, nothing was sent: the batch goes back to the
+// head of the queue, for the next connection, and publish reports false;
+// if the client closed, the requests fail.
+func (ln *lane) publish(nc net.Conn, batch, wire []*request, own *request) bool {
 	now := clock.now()
 	ln.mu.Lock()
-	if ln.nc != nc || ln.u.closed.Load() {
+	if ln.u.closed.Load() {
 		for _, r := range wire {
 			r.where = atCaller
 		}
 		ln.mu.Unlock()
-		fault := &ConnError{Op: "write", Addr: ln.u.d.addr, Err: net.ErrClosed}
 		for _, r := range wire {
-			ln.complete(r, fault)
+			ln.complete(r, ErrClosed)
 		}
+		return false
+	}
+	if ln.nc != nc {
+		ln.requeue(batch, wire)
+		ln.mu.Unlock()
 		return false
 	}
 	wasIdle := ln.flight.len() == 0
@@ -388,6 +399,21 @@ func (ln *lane) publish(nc net.Conn, wire []*request, own *request) bool {
 	}
 	ln.mu.Unlock()
 	return true
+}
+
+// requeue puts a batch that was encoded but not written back at the head
+// of the queue, in order, and recycles what the encoder added (fences,
+// combined gets). Called with mu held.
+func (ln *lane) requeue(batch, wire []*request) {
+	for _, r := range wire {
+		if r.op == opFence || r.op == opGetBatch {
+			putRequest(r)
+		}
+	}
+	for _, r := range batch {
+		r.where = atPending
+	}
+	ln.pending = slices.Insert(ln.pending, 0, batch...)
 }
 
 // ensureConn makes sure the lane has a connection, dialing when it has
@@ -494,7 +520,7 @@ func (ln *lane) wait(ctx context.Context, r *request) error {
 		}
 	}
 	ln.mu.Unlock()
-	<-r.wake // being encoded or parsed: bounded by the connection deadline
+	<-r.wake // being encoded or parsed: its reply is due within Timeout
 	return nil
 }
 

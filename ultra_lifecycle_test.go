@@ -13,9 +13,10 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// Review tests for e174848 (Ultra: the lane's dial on its own goroutine,
-// and the retry of a read that failed on a connection gone stale while
-// idle). Each pins one suspected fault.
+// An Ultra lane's connection life cycle where it meets the other roles: a
+// dial while the writer still writes on the old connection, Close during
+// a dial or between a fault and a retry, and a batch encoded for a
+// connection that failed before it was written.
 
 // gateConn holds a Write whose bytes contain gateOn until gate is closed.
 // It signals nothing to the test on purpose: a channel send from the
@@ -63,11 +64,10 @@ func waitLane(t *testing.T, c *Client, what string, cond func(inFlight int, conn
 
 // Connect dials a lane whose connection the reader has just failed while
 // the writer is still in the middle of its write on that old connection
-// (after publish, before Write returns). dialFor then resets
-// ln.writeDeadline under ln.mu, while the writer touches it without the
-// lock (writeLoop, umframe.go:239-241): a data race, which the race
-// detector reports. Run with -race.
-func TestReviewConnectDialRacesWriterDeadline(t *testing.T) {
+// (after publish, before Write returns). The dial must not touch the
+// writer's state (its write deadline cache): under -race a data race
+// fails the test.
+func TestUltraConnectDuringWriteNoRace(t *testing.T) {
 	if !raceEnabled {
 		t.Skip("shows a data race: run with -race")
 	}
@@ -127,14 +127,10 @@ func TestReviewConnectDialRacesWriterDeadline(t *testing.T) {
 	}
 }
 
-// Close while a lane is dialing. close() takes every queued request and
-// completes it with ErrClosed, so a caller queued behind the writer
-// returns at once. The writer's own caller has had its request completed
-// too, but it is still in ensureConn waiting for the dial (its context
-// never ends), so it returns only when the dial does: with
-// ConnectTimeout a minute, a minute after Close. The dial goroutine
-// (dialFor) likewise outlives Close.
-func TestReviewCloseDuringDialReleasesWriter(t *testing.T) {
+// Close while a lane is dialing: every caller returns ErrClosed at once,
+// the writer's own caller (waiting for the dial, its context never ends)
+// included, not when the dial ends (ConnectTimeout is a minute here).
+func TestUltraCloseDuringDialReleasesWriter(t *testing.T) {
 	srv := startFakeServer(t, func(fc *fakeConn) { fc.Serve(fresh) })
 	release := make(chan struct{})
 	defer close(release)
@@ -153,13 +149,11 @@ func TestReviewCloseDuringDialReleasesWriter(t *testing.T) {
 	require.ErrorIs(t, res.err, ErrClosed, "the writer's caller")
 }
 
-// The retry of a stale idle read does not look at whether the client was
-// closed: ultraDriver.do checks u.closed once, before the first attempt.
-// Here Close runs just as the reader fails the stale connection (from
-// that connection's Close, so the order is fixed): the retry then starts
-// a dial after Close, opening (and, with a Username, authenticating) a
-// connection to the server only for dialFor to close it.
-func TestReviewRetryAfterCloseDoesNotDial(t *testing.T) {
+// Close runs just as the reader fails a stale idle connection (from that
+// connection's Close, so the order is fixed): the read's retry must not
+// dial after Close (which would open, and with a Username authenticate, a
+// connection only to close it); it returns ErrClosed.
+func TestUltraRetryAfterCloseDoesNotDial(t *testing.T) {
 	srv := startFakeServer(t, serveOneThenHangUp(Ultra))
 	var c *Client
 	var arm atomic.Bool
@@ -193,7 +187,7 @@ func TestReviewRetryAfterCloseDoesNotDial(t *testing.T) {
 	assert.EqualValues(t, 0, dialsAfterClose.Load(), "a dial after Close (dials in all: %d)", dials.Load())
 }
 
-// staleReadConn is the first connection of TestReviewUntakenReadNotRetried:
+// staleReadConn is the first connection of TestUltraEncodedBatchResentOnFreshConn:
 // once armed, a Read waits for gate, then until the lane's writer has
 // taken the queued batch and not yet published it, and reports EOF, as a
 // connection the server closed while it sat idle does.
@@ -223,15 +217,13 @@ func (s *staleReadConn) Read(b []byte) (int, error) {
 	return 0, io.EOF
 }
 
-// A read that the writer took off the queue (takeBatch) just before the
-// reader failed the connection, which had gone stale while idle, is
-// failed by publish (umframe.go:354-363) with ConnError{write,
-// net.ErrClosed}, though it was never written: it is not marked
-// staleIdle, so it is not retried, while the requests that were written
-// onto the same stale connection are. The window is the writer's encode
-// (a 900 KB set ahead of the get makes it wide); the fake connection's
-// Read reports EOF as soon as the writer has taken the batch.
-func TestReviewUntakenReadNotRetried(t *testing.T) {
+// A batch the writer took off the queue (takeBatch) just before the
+// reader failed the connection (gone stale while idle) was never
+// written: it goes out on the next connection, as the reads written onto
+// the stale one are retried there. The window is the writer's encode (a
+// 900 KB set ahead of the get makes it wide); the fake connection's Read
+// reports EOF as soon as the writer has taken the batch.
+func TestUltraEncodedBatchResentOnFreshConn(t *testing.T) {
 	big := bytes.Repeat([]byte("v"), 900<<10)
 	hits := 0
 	for attempt := 0; attempt < 10 && hits == 0; attempt++ {
