@@ -87,16 +87,7 @@ func TestFaultUnresolvableHost(t *testing.T) {
 				Timeout:        5 * time.Second,
 				DialContext:    dialer.DialContext,
 			})
-			for name, op := range map[string]func() error{
-				"connect": func() error { return c.Connect(bg) },
-				"get":     func() error { _, err := c.Get(bg, "k", nil); return err },
-				"set":     func() error { return c.Set(bg, "k", []byte("v"), 0) },
-			} {
-				err := guarded(t, op)
-				var ce *ConnError
-				require.ErrorAs(t, err, &ce, name)
-				assert.Equal(t, "dial", ce.Op, name)
-				assert.Equal(t, addr, ce.Addr, name)
+			for name, err := range dialErrors(t, c, addr) {
 				var dnsErr *net.DNSError
 				require.ErrorAs(t, err, &dnsErr, name)
 				assert.True(t, dnsErr.IsNotFound, "%s: %v", name, err)

@@ -531,9 +531,12 @@ func TestFaultMaxConns(t *testing.T) {
 	assert.LessOrEqual(t, srv.MaxOpen(), 2)
 }
 
-func TestFaultDialRefused(t *testing.T) {
-	addr := "127.0.0.1:" + strconv.Itoa(freePort(t)) // closed again: nothing listens
-	c := newTestClient(t, addr, Text, Options{ConnectTimeout: 2 * time.Second})
+// dialErrors runs a get, a set and a Connect on a client that cannot
+// dial, requires each to fail with a *ConnError of the dial naming addr,
+// and returns the errors by operation for the caller's checks of the cause.
+func dialErrors(t *testing.T, c *Client, addr string) map[string]error {
+	t.Helper()
+	errs := map[string]error{}
 	for name, op := range map[string]func() error{
 		"get":     func() error { _, err := c.Get(bg, "k", nil); return err },
 		"set":     func() error { return c.Set(bg, "k", []byte("v"), 0) },
@@ -544,6 +547,15 @@ func TestFaultDialRefused(t *testing.T) {
 		require.ErrorAs(t, err, &ce, name)
 		assert.Equal(t, "dial", ce.Op, name)
 		assert.Equal(t, addr, ce.Addr, name)
+		errs[name] = err
+	}
+	return errs
+}
+
+func TestFaultDialRefused(t *testing.T) {
+	addr := "127.0.0.1:" + strconv.Itoa(freePort(t)) // closed again: nothing listens
+	c := newTestClient(t, addr, Text, Options{ConnectTimeout: 2 * time.Second})
+	for name, err := range dialErrors(t, c, addr) {
 		assert.ErrorIs(t, err, syscall.ECONNREFUSED, name)
 	}
 }
@@ -577,16 +589,10 @@ func TestFaultDialTimeout(t *testing.T) {
 				return append([]time.Duration(nil), ahead...)
 			}
 			c := newTestClient(t, "127.0.0.1:1", proto, Options{ConnectTimeout: connectTimeout, Timeout: time.Minute, DialContext: dial})
-			for name, op := range map[string]func() error{
-				"get":     func() error { _, err := c.Get(bg, "k", nil); return err },
-				"set":     func() error { return c.Set(bg, "k", []byte("v"), 0) },
-				"connect": func() error { return c.Connect(bg) },
-			} {
-				err := guarded(t, op)
+			for name, err := range dialErrors(t, c, "127.0.0.1:1") {
+				assert.ErrorIs(t, err, context.DeadlineExceeded, name)
 				var ce *ConnError
 				require.ErrorAs(t, err, &ce, name)
-				assert.Equal(t, "dial", ce.Op, name)
-				assert.ErrorIs(t, err, context.DeadlineExceeded, name)
 				assert.True(t, ce.Timeout(), name)
 			}
 			dials := dialsAhead()
