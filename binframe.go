@@ -371,6 +371,7 @@ func binTextError(buf []byte) (isText bool, err error) {
 	for _, p := range textErrorPrefixes {
 		if bytes.HasPrefix(buf, p) {
 			isText = true
+			break
 		}
 	}
 	if !isText {

@@ -364,7 +364,7 @@ func (ln *lane) publish(nc net.Conn, batch, wire []*request, own *request) bool 
 	ln.mu.Lock()
 	if ln.u.closed.Load() {
 		for _, r := range wire {
-			r.where = atCaller
+			r.setWhere(atCaller)
 		}
 		ln.mu.Unlock()
 		for _, r := range wire {
@@ -460,9 +460,9 @@ type dialing struct {
 }
 
 // dialFor dials for the lane. A writer that left while waiting for it
-// (its context ended) handed the writer role over to the dial: when no
-// goroutine writes and requests are queued, the dial's goroutine writes
-// them, or fails them if the dial failed.
+// (its context ended, or the client closed) handed the writer role over to
+// the dial: when no goroutine writes and requests are queued, the dial's
+// goroutine writes them, or fails them if the dial failed.
 func (ln *lane) dialFor(ctx context.Context, dl *dialing) {
 	cn, err := ln.u.d.dial(ctx)
 	ln.mu.Lock()
