@@ -1,0 +1,121 @@
+package ermc
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"net"
+	"strings"
+)
+
+// dialer opens authenticated connections to one server.
+type dialer struct {
+	network, addr string
+	opts          *Options
+	codec         codec
+}
+
+// splitAddr turns a user address into a network and address: a path (or
+// "unix:" prefix) is a unix socket, anything else TCP host:port.
+func splitAddr(addr string) (network, address string) {
+	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+		return "unix", path
+	}
+	if strings.HasPrefix(addr, "/") || strings.HasPrefix(addr, "./") {
+		return "unix", addr
+	}
+	return "tcp", addr
+}
+
+// dialRaw opens the transport (TCP, unix, TLS or the user's dialer) within
+// ConnectTimeout and the context, and sets Nagle as configured.
+func (d *dialer) dialRaw(ctx context.Context) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, d.opts.ConnectTimeout)
+	defer cancel()
+	var nc net.Conn
+	var err error
+	if d.opts.DialContext != nil {
+		nc, err = d.opts.DialContext(ctx, d.network, d.addr)
+	} else {
+		var nd net.Dialer
+		nc, err = nd.DialContext(ctx, d.network, d.addr)
+	}
+	if err != nil {
+		return nil, &ConnError{Op: "dial", Addr: d.addr, Err: err}
+	}
+	if tcp, ok := nc.(*net.TCPConn); ok {
+		_ = tcp.SetNoDelay(!d.opts.Nagle)
+	}
+	if d.opts.TLSConfig != nil {
+		cfg := d.opts.TLSConfig
+		if cfg.ServerName == "" && d.network == "tcp" {
+			cfg = cfg.Clone()
+			cfg.ServerName, _, _ = net.SplitHostPort(d.addr)
+		}
+		tc := tls.Client(nc, cfg)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			nc.Close()
+			return nil, &ConnError{Op: "tls handshake", Addr: d.addr, Err: err}
+		}
+		nc = tc
+	}
+	return nc, nil
+}
+
+// dial opens a connection ready for requests: transport, then
+// authentication when a username is configured, all within
+// ConnectTimeout (the auth exchange also within Timeout, like any
+// request).
+func (d *dialer) dial(ctx context.Context) (*conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, d.opts.ConnectTimeout)
+	defer cancel()
+	nc, err := d.dialRaw(ctx)
+	if err != nil {
+		return nil, err
+	}
+	cn := newConn(nc, d)
+	if d.opts.Username != "" {
+		if err := cn.authenticate(ctx); err != nil {
+			cn.close()
+			return nil, err
+		}
+	}
+	return cn, nil
+}
+
+// authenticate runs the auth exchange on a new connection. The password
+// never reaches the caller inside an error: a server that echoes the
+// credentials back (a misconfigured or hostile endpoint) gets its message
+// masked.
+func (cn *conn) authenticate(ctx context.Context) error {
+	return redactSecret(cn.authExchange(ctx), cn.d.opts.Password)
+}
+
+func (cn *conn) authExchange(ctx context.Context) error {
+	r := getRequest()
+	defer putRequest(r)
+	r.op = opAuth
+	r.user, r.pass = cn.d.opts.Username, cn.d.opts.Password
+	err := cn.roundTrip(ctx, r)
+	if err == errDiscardConn && r.err == nil {
+		// Authenticated, but the context fired during the exchange and
+		// its interrupt may still touch the connection: not usable.
+		return &ConnError{Op: "auth", Addr: cn.d.addr, Err: ctx.Err()}
+	}
+	if err != nil && err != errDiscardConn {
+		return err
+	}
+	if r.err != nil {
+		return authError(r.err)
+	}
+	return nil
+}
+
+// authError wraps a refusal of credentials so it matches ErrAuth while the
+// server's own message stays reachable.
+func authError(err error) error {
+	if errors.Is(err, ErrAuth) {
+		return err
+	}
+	return &faultError{as: ErrAuth, fault: err}
+}
