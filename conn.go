@@ -26,7 +26,6 @@ type codec struct {
 	parseReply    func(r *request, buf []byte) (n int, done bool, err error)
 }
 
-
 // conn is one connection of a pooled driver: at most one request in flight.
 type conn struct {
 	nc         net.Conn
@@ -54,7 +53,6 @@ func (cn *conn) abortIO() {
 }
 
 func (cn *conn) close() { _ = cn.nc.Close() }
-
 
 // deadline is the sooner of the per-request Timeout (on the coarse clock)
 // and the context's.
@@ -181,4 +179,3 @@ func (cn *conn) fill() error {
 	}
 	return nil
 }
-
