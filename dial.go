@@ -13,6 +13,7 @@ type dialer struct {
 	network, addr string
 	opts          *Options
 	codec         codec
+	stats         *poolCounters // the client's, shared with its driver
 }
 
 // splitAddr turns a user address into a network and address: a path (or

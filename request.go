@@ -53,6 +53,7 @@ type request struct {
 	delta   uint64
 	user    string // opAuth
 	pass    string // opAuth
+	opaque  uint32 // token a pipelined codec sends and checks in the reply (a multi-get uses opaque+i for key i)
 
 	// Results.
 	found    bool
