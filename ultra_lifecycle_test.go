@@ -46,10 +46,10 @@ func (g *gateConn) Close() error {
 // laneState reads, under the lane's lock, how many requests are in flight
 // and whether the lane has a connection.
 func laneState(c *Client) (inFlight int, connected bool) {
-	ln := c.drv.(*ultraDriver).lanes[0]
+	ln := c.drv.(*pipeDriver).lanes[0]
 	ln.mu.Lock()
 	defer ln.mu.Unlock()
-	return ln.flight.len(), ln.nc != nil
+	return ln.flight.len(), ln.cn != nil
 }
 
 // waitLane polls laneState until cond holds, within the hang guard.
@@ -254,7 +254,7 @@ func TestUltraEncodedBatchResentOnFreshConn(t *testing.T) {
 			}
 			first = &staleReadConn{gateConn: gateConn{Conn: nc, gateOn: []byte("get b\r\n"), gate: gate}}
 			first.taken = func() (bool, bool) {
-				ln := c.drv.(*ultraDriver).lanes[0]
+				ln := c.drv.(*pipeDriver).lanes[0]
 				ln.mu.Lock()
 				defer ln.mu.Unlock()
 				return len(ln.pending) == 0 && ln.flight.len() == 2, ln.flight.len() > 2
