@@ -2,9 +2,9 @@ package ermc
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
-	"context"
 	"io"
 	"net"
 	"sync/atomic"
