@@ -112,6 +112,7 @@ type Client struct {
 	pipelined bool
 	cas       casStore
 	closed    atomic.Bool
+	fetches   fetchTable // keys being loaded by Fetch
 }
 
 // New makes a client for addr ("host:port", a unix socket path, or
