@@ -61,6 +61,12 @@ func (rep *Report) Chart(m Machine) []byte {
 	}
 	width := chartPanelW*len(o.Transports) + 20
 	height += chartTop + 40
+	stampede := ""
+	if rep.Stampede != nil { // below the panels, two panels wide
+		var h int
+		stampede, h = rep.Stampede.svg(10, height-10, colors)
+		height, width = height+h, max(width, 2*chartPanelW+20)
+	}
 
 	var b strings.Builder
 	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="DejaVu Sans, Helvetica, Arial, sans-serif">`+"\n", width, height, width, height)
@@ -119,6 +125,7 @@ func (rep *Report) Chart(m Machine) []byte {
 			y += chartGroupG
 		}
 	}
+	b.WriteString(stampede)
 	b.WriteString("</svg>\n")
 	return []byte(b.String())
 }

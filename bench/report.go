@@ -208,6 +208,10 @@ func (rep *Report) Markdown(m Machine, command, chart string) string {
 		b.WriteString(rep.Table(tr))
 		b.WriteString("\n")
 	}
+	if rep.Stampede != nil {
+		b.WriteString(rep.Stampede.Markdown())
+		b.WriteString("\n")
+	}
 	b.WriteString("## Workloads\n\n")
 	for _, name := range o.Workloads {
 		if w, ok := WorkloadByName(name); ok {

@@ -120,6 +120,7 @@ type Report struct {
 	Took    time.Duration
 	// LoadAfter is the load average when the run ended.
 	LoadAfter string
+	Stampede  *StampedeReport // the stampede scenario (stampede.go), if it ran
 }
 
 // Result returns the result of one client on one workload, or nil.

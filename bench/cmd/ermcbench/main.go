@@ -104,6 +104,8 @@ var (
 	onlyProfiles = flag.Bool("only-profiles", false, "write the profiles only, no comparison")
 	command      = flag.String("cmd", "", "how this run was started, for the reports (e.g. \"make bench\")")
 	allocChild   = flag.String("alloc-child", "", "internal: write the allocation profile to this file and exit")
+	stampedeTime = flag.Duration("stampede-time", envDuration("BENCH_STAMPEDE_TIME", 3*time.Second), "run time per client of the stampede scenario; 0: skip it (env BENCH_STAMPEDE_TIME)")
+	onlyStampede = flag.Bool("only-stampede", false, "run the stampede scenario only and print its table")
 )
 
 // The profiled runs: ermc only, the main workloads.
@@ -154,6 +156,10 @@ func main() {
 	m := bench.DescribeMachine(*addr)
 	fmt.Fprintf(os.Stderr, "machine: %s\n", m)
 
+	if *onlyStampede {
+		fmt.Println(stampede().Markdown())
+		return
+	}
 	if !*onlyProfiles {
 		compare(m)
 	}
@@ -178,6 +184,9 @@ func compare(m bench.Machine) {
 	rep, err := bench.Run(opts)
 	if err != nil {
 		fatalf("%v", err)
+	}
+	if *stampedeTime > 0 {
+		rep.Stampede = stampede()
 	}
 	chartRef := ""
 	if *chart != "" {
@@ -210,6 +219,15 @@ func compare(m bench.Machine) {
 		}
 		fmt.Fprintf(os.Stderr, "wrote %s\n", *out)
 	}
+}
+
+// stampede runs the stampede scenario (bench/stampede.go).
+func stampede() *bench.StampedeReport {
+	st, err := bench.RunStampede(bench.StampedeOptions{Addr: *addr, Duration: *stampedeTime, Progress: os.Stderr})
+	if err != nil {
+		fatalf("%v", err)
+	}
+	return st
 }
 
 func writeProfiles(m bench.Machine, server string) {
