@@ -334,3 +334,44 @@ func TestWalkthroughExampleOutput(t *testing.T) {
 	}
 	t.Fatal("Example_walkthrough not found")
 }
+
+// ExampleClient_Fetch reads through the cache: the first Fetch loads the
+// value and stores it, the next ones hit; after Invalidate one Fetch
+// reloads. Concurrent Fetches of the key would share one load.
+func ExampleClient_Fetch() {
+	addr, stop, err := exampleMemcached()
+	if err != nil {
+		fmt.Println("cannot start memcached:", err)
+		return
+	}
+	defer stop()
+	c, err := New(addr, Options{})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer c.Close()
+	ctx := context.Background()
+
+	loads := 0
+	loadUser := func(ctx context.Context, dst []byte) ([]byte, error) {
+		loads++ // the expensive query
+		return append(dst, `{"id":42,"name":"Ada"}`...), nil
+	}
+	opts := FetchOptions{TTL: time.Hour}
+	buf := make([]byte, 0, 256)
+	for i := 0; i < 3; i++ {
+		v, err := c.Fetch(ctx, "user:42", buf[:0], opts, loadUser)
+		fmt.Printf("%s %v loads=%d\n", v, err, loads)
+	}
+	if err := c.Invalidate(ctx, "user:42", time.Minute); err != nil {
+		fmt.Println(err)
+	}
+	v, err := c.Fetch(ctx, "user:42", buf[:0], opts, loadUser)
+	fmt.Printf("%s %v loads=%d\n", v, err, loads)
+	// Output:
+	// {"id":42,"name":"Ada"} <nil> loads=1
+	// {"id":42,"name":"Ada"} <nil> loads=1
+	// {"id":42,"name":"Ada"} <nil> loads=1
+	// {"id":42,"name":"Ada"} <nil> loads=2
+}
