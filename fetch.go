@@ -117,7 +117,7 @@ func (c *Client) fetchLead(ctx context.Context, key string, dst []byte, opts Fet
 	v, st, ls, err := c.fetchRead(ctx, key, dst, opts)
 	switch {
 	case err != nil:
-		c.fetches.finish(key, f, nil, err, ctx.Err() != nil)
+		c.fetches.finish(key, f, nil, err, ctxEnded(ctx))
 		return dst, err
 	case st == fetchHit:
 		c.fetches.finish(key, f, v[len(dst):], nil, false)
@@ -142,7 +142,7 @@ func (c *Client) fetchLoad(ctx context.Context, key string, dst []byte, opts Fet
 		err = fmt.Errorf("ermc: fetch %s: the loader returned %d bytes, less than the %d of dst it must append to", quoteBounded([]byte(key)), len(v), len(dst))
 	}
 	if err != nil {
-		c.fetches.finish(key, f, nil, err, ctx.Err() != nil)
+		c.fetches.finish(key, f, nil, err, ctxEnded(ctx))
 		return dst, err
 	}
 	value := v[len(dst):]

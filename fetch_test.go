@@ -44,6 +44,16 @@ func (l *testLoader) load(ctx context.Context, dst []byte) ([]byte, error) {
 	return append(dst, l.value...), nil
 }
 
+// awaitLoad waits until one of l's loads has started, failing after 10s.
+func awaitLoad(t *testing.T, l *testLoader) {
+	t.Helper()
+	select {
+	case <-l.started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no load started within 10s")
+	}
+}
+
 // awaitWaiters waits until n callers of c wait for key's load, failing
 // after 10s. Callers are counted by the table, not guessed from time.
 func awaitWaiters(t *testing.T, c *Client, key string, n int) {
@@ -138,7 +148,7 @@ func TestFetchSharesOneLoad(t *testing.T) {
 		const n = 20
 		l := &testLoader{value: "shared", started: make(chan struct{}, n), release: make(chan struct{})}
 		results := []<-chan fetchResult{fetchAsync(bg, c, "f:one", FetchOptions{}, l.load)}
-		<-l.started
+		awaitLoad(t, l)
 		for i := 1; i < n; i++ {
 			results = append(results, fetchAsync(bg, c, "f:one", FetchOptions{}, l.load))
 		}
@@ -161,7 +171,7 @@ func TestFetchLoadError(t *testing.T) {
 		boom := errors.New("backend down")
 		l := &testLoader{err: boom, started: make(chan struct{}, 4), release: make(chan struct{})}
 		first := fetchAsync(bg, c, "f:err", FetchOptions{}, l.load)
-		<-l.started
+		awaitLoad(t, l)
 		second := fetchAsync(bg, c, "f:err", FetchOptions{}, l.load)
 		awaitWaiters(t, c, "f:err", 1)
 		close(l.release)
@@ -185,7 +195,7 @@ func TestFetchWaiterContext(t *testing.T) {
 	forEachDriver(t, Options{}, func(t *testing.T, c *Client) {
 		l := &testLoader{value: "late", started: make(chan struct{}, 4), release: make(chan struct{})}
 		leader := fetchAsync(bg, c, "f:ctx", FetchOptions{}, l.load)
-		<-l.started
+		awaitLoad(t, l)
 		ctx, cancel := context.WithCancel(bg)
 		waiter := fetchAsync(ctx, c, "f:ctx", FetchOptions{}, l.load)
 		awaitWaiters(t, c, "f:ctx", 1)
@@ -216,12 +226,12 @@ func TestFetchLeaderGivesUp(t *testing.T) {
 		l := &testLoader{value: "second try", started: make(chan struct{}, 4), release: make(chan struct{})}
 		ctx, cancel := context.WithCancel(bg)
 		leader := fetchAsync(ctx, c, "f:quit", FetchOptions{}, l.load)
-		<-l.started
+		awaitLoad(t, l)
 		waiter := fetchAsync(bg, c, "f:quit", FetchOptions{}, l.load)
 		awaitWaiters(t, c, "f:quit", 1)
 		cancel()
 		require.ErrorIs(t, receive(t, leader).err, context.Canceled)
-		<-l.started // the waiter's own load
+		awaitLoad(t, l) // the waiter's own load
 		close(l.release)
 		r := receive(t, waiter)
 		require.NoError(t, r.err)
@@ -265,7 +275,7 @@ func TestFetchKeepsNewerValue(t *testing.T) {
 	forEachDriver(t, Options{}, func(t *testing.T, c *Client) {
 		l := &testLoader{value: "old", started: make(chan struct{}, 1), release: make(chan struct{})}
 		r := fetchAsync(bg, c, "f:race", FetchOptions{}, l.load)
-		<-l.started
+		awaitLoad(t, l)
 		mustSet(t, c, "f:race", "newer")
 		close(l.release)
 		got := receive(t, r)
@@ -290,7 +300,7 @@ func TestFetchFaults(t *testing.T) {
 			require.ErrorIs(t, err, ErrValueTooLarge)
 			require.Equal(t, "dmore than ten bytes", string(v), "the loaded value comes with the store's error")
 
-			_, err = c.Fetch(bg, "bad key", nil, FetchOptions{}, l.load)
+			_, err = c.Fetch(bg, "", nil, FetchOptions{}, l.load)
 			require.ErrorIs(t, err, ErrMalformedKey)
 			require.EqualValues(t, 1, l.loads.Load())
 

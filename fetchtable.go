@@ -169,3 +169,15 @@ func (p *fetchPoll) stop() {
 		p.timer.Stop()
 	}
 }
+
+// ctxEnded reports whether ctx has ended or reached its deadline: whether
+// a leader's failure is its own, so its waiters should read again. The
+// deadline counts before ctx.Err says so: a read deadline taken from it
+// can fire first.
+func ctxEnded(ctx context.Context) bool {
+	if ctx.Err() != nil {
+		return true
+	}
+	d, ok := ctx.Deadline()
+	return ok && !time.Now().Before(d)
+}
