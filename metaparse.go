@@ -306,8 +306,9 @@ func (rep *metaReply) returnedFlag(tok []byte) bool {
 	arg := tok[1:]
 	switch tok[0] {
 	case 'O':
+		// The token comes back as it was sent: canonical decimal.
 		v, ok := parseUint(arg)
-		if !ok || v > math.MaxUint32 {
+		if !ok || v > math.MaxUint32 || len(arg) > 1 && arg[0] == '0' {
 			return false
 		}
 		bit, rep.opaque = retO, uint32(v)
@@ -542,6 +543,7 @@ func (m *metaFields) record(rep *metaReply) {
 // request's reply. A value cannot be among them.
 func metaFenceLine(r *request, line []byte) (done bool, err error) {
 	if isErr, _ := errorReply(r, line); isErr {
+		r.err = nil // not the fence's outcome
 		return false, nil
 	}
 	var rep metaReply

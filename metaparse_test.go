@@ -243,6 +243,7 @@ func TestParseMetaReplyKinds(t *testing.T) {
 		{"get, opaque twice", get, "EN O7 O7\r\n", protocol},
 		{"get, opaque not a number", get, "EN Oabc\r\n", protocol},
 		{"get, opaque over 32 bits", get, "EN O4294967303\r\n", protocol},
+		{"get, opaque with a leading zero", get, "EN O07\r\n", protocol},
 		{"stored, another opaque", newMetaReq(opSet, "foo", 7), "HD O6\r\n", protocol},
 		{"number, another opaque", newMetaReq(opIncr, "n", 7), "VA 1 O1\r\n5\r\n", protocol},
 
@@ -469,6 +470,7 @@ func TestParseMetaReplyFence(t *testing.T) {
 	dropped := "NS O1\r\nEX O2\r\nNF O3\r\nEN O4\r\nHD O5\r\nSERVER_ERROR object too large for cache\r\nCLIENT_ERROR bad data chunk\r\nERROR\r\n"
 	o := feedMeta(&request{op: opFence, sink: true}, []byte(dropped+"MN\r\n"))
 	require.NoError(t, o.err)
+	require.NoError(t, o.rerr)
 	assert.True(t, o.Done)
 	assert.Equal(t, len(dropped)+4, o.N)
 
