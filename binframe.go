@@ -241,7 +241,7 @@ func binExptime(e int64) uint32 {
 }
 
 // binaryCodec is the binary protocol for the pooled driver.
-var binaryCodec = codec{appendBinaryRequest, parseBinaryReply}
+var binaryCodec = codec{appendRequest: appendBinaryRequest, parseReply: parseBinaryReply}
 
 // appendBinaryRequest encodes r as binary protocol frames. The pooled
 // driver waits for every reply, so r.noreply is not used: a quiet
@@ -325,7 +325,7 @@ func parseBinaryReply(r *request, buf []byte) (n int, done bool, err error) {
 // been validated.
 func nextBinFrame(r *request, buf []byte) (frame []byte, used int, err error) {
 	if r.parse.phase == binPhaseBody {
-		take, complete := r.parse.gather(buf)
+		take, complete := r.parse.take(buf)
 		if !complete {
 			return nil, take, nil
 		}
@@ -349,8 +349,8 @@ func nextBinFrame(r *request, buf []byte) (frame []byte, used int, err error) {
 	if len(buf) >= size {
 		return buf[:size], size, nil
 	}
-	r.parse.scratch = append(grow(r.parse.scratch[:0], size), buf...)
-	r.parse.pending = size - len(buf)
+	r.parse.scratch = append(grow(r.parse.scratch[:0], size), buf...)[:size]
+	r.parse.want = r.parse.scratch[len(buf):]
 	r.parse.phase = binPhaseBody
 	return nil, len(buf), nil
 }

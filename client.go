@@ -129,7 +129,7 @@ func New(addr string, opts Options) (*Client, error) {
 	case Binary:
 		c.drv = newConnPool(network, address, &c.opts, binaryCodec)
 	case Ultra:
-		c.drv = newUltraDriver(network, address, &c.opts, defaultUltraLanes())
+		c.drv = newPipeDriver(network, address, &c.opts, textCodec, defaultLanes())
 		c.pipelined = true
 	case Noop:
 		c.drv = noopDriver{}

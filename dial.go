@@ -66,22 +66,26 @@ func (d *dialer) dialRaw(ctx context.Context) (net.Conn, error) {
 // dial opens a connection ready for requests: transport, then
 // authentication when a username is configured, all within
 // ConnectTimeout (the auth exchange also within Timeout, like any
-// request).
-func (d *dialer) dial(ctx context.Context) (*conn, error) {
+// request). A context that ends meanwhile fails the dial.
+func (d *dialer) dial(ctx context.Context) (*netConn, error) {
 	ctx, cancel := context.WithTimeout(ctx, d.opts.ConnectTimeout)
 	defer cancel()
 	nc, err := d.dialRaw(ctx)
 	if err != nil {
 		return nil, err
 	}
-	cn := newConn(nc, d)
+	c := newNetConn(nc, d.addr)
 	if d.opts.Username != "" {
-		if err := cn.authenticate(ctx); err != nil {
-			cn.close()
+		if err := (&conn{netConn: c, d: d}).authenticate(ctx); err != nil {
+			c.close()
 			return nil, err
 		}
+		if err := ctx.Err(); err != nil {
+			c.close()
+			return nil, &ConnError{Op: "auth", Addr: d.addr, Err: err}
+		}
 	}
-	return cn, nil
+	return c, nil
 }
 
 // authenticate runs the auth exchange on a new connection. The password
@@ -92,22 +96,21 @@ func (cn *conn) authenticate(ctx context.Context) error {
 	return redactSecret(cn.authExchange(ctx), cn.d.opts.Password)
 }
 
+var errUnusableAfterAuth = errors.New("server ended the connection after authenticating")
+
 func (cn *conn) authExchange(ctx context.Context) error {
 	r := getRequest()
 	defer putRequest(r)
 	r.op = opAuth
 	r.user, r.pass = cn.d.opts.Username, cn.d.opts.Password
 	err := cn.roundTrip(ctx, r)
-	if err == errDiscardConn && r.err == nil {
-		// Authenticated, but the context fired during the exchange and
-		// its interrupt may still touch the connection: not usable.
-		return &ConnError{Op: "auth", Addr: cn.d.addr, Err: ctx.Err()}
-	}
-	if err != nil && err != errDiscardConn {
+	switch {
+	case err != nil && err != errDiscardConn:
 		return err
-	}
-	if r.err != nil {
+	case r.err != nil:
 		return authError(r.err)
+	case err == errDiscardConn:
+		return &ConnError{Op: "auth", Addr: cn.d.addr, Err: errUnusableAfterAuth}
 	}
 	return nil
 }

@@ -347,7 +347,7 @@ func TestUltraCanceledMidRequest(t *testing.T) {
 // waitUltraParsing waits until c's (single) lane has started parsing the
 // reply of the request at the head of its pipeline.
 func waitUltraParsing(c *Client) {
-	ln := c.drv.(*ultraDriver).lanes[0]
+	ln := c.drv.(*pipeDriver).lanes[0]
 	for deadline := time.Now().Add(hangGuard); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
 		ln.mu.Lock()
 		r := ln.flight.peek()

@@ -29,7 +29,7 @@ import (
 func newFaultClient(t *testing.T, addr string, proto Protocol, opts Options) *Client {
 	t.Helper()
 	c := newTestClient(t, addr, proto, opts)
-	if u, ok := c.drv.(*ultraDriver); ok {
+	if u, ok := c.drv.(*pipeDriver); ok {
 		u.lanes = u.lanes[:1]
 	}
 	return c

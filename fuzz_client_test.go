@@ -84,7 +84,7 @@ func fuzzClient(t *testing.T, proto Protocol, srv *fuzzServer) *Client {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if u, ok := c.drv.(*ultraDriver); ok {
+	if u, ok := c.drv.(*pipeDriver); ok {
 		u.lanes = u.lanes[:1]
 		srv.waiting = ultraWaiting(c)
 	}

@@ -310,7 +310,7 @@ func isTimeout(err error) bool {
 // ultraWaiting reports whether the client's (single) Ultra lane has
 // requests waiting for replies.
 func ultraWaiting(c *Client) func() bool {
-	ln := c.drv.(*ultraDriver).lanes[0]
+	ln := c.drv.(*pipeDriver).lanes[0]
 	return func() bool {
 		ln.mu.Lock()
 		defer ln.mu.Unlock()

@@ -44,7 +44,7 @@ func (p *connPool) get(ctx context.Context) (cn *conn, reused bool, err error) {
 	case cn := <-p.idle:
 		return cn, true, nil
 	case p.tokens <- struct{}{}:
-		cn, err := p.d.dial(ctx)
+		cn, err := p.dial(ctx)
 		if err != nil {
 			<-p.tokens
 			return nil, false, err
@@ -136,12 +136,21 @@ func retryableRead(ctx context.Context, r *request, err error) bool {
 // same token, so the retry never waits for another request to finish.
 func (p *connPool) replace(ctx context.Context, old *conn) (*conn, error) {
 	old.close()
-	cn, err := p.d.dial(ctx)
+	cn, err := p.dial(ctx)
 	if err != nil {
 		<-p.tokens
 		return nil, err
 	}
 	return cn, nil
+}
+
+// dial opens a connection for the pool.
+func (p *connPool) dial(ctx context.Context) (*conn, error) {
+	c, err := p.d.dial(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &conn{netConn: c, d: &p.d}, nil
 }
 
 // connect makes sure one connection can be opened and authenticated.

@@ -34,6 +34,9 @@ const (
 // isStorage reports whether op sends a data block.
 func (op opcode) isStorage() bool { return op >= opSet && op <= opCAS }
 
+// isSingleGet reports whether op reads one key's value into dst.
+func (op opcode) isSingleGet() bool { return op == opGet || op == opGets || op == opGat }
+
 // isRetrieval reports whether op answers with VALUE blocks.
 func (op opcode) isRetrieval() bool { return op <= opGetBatch }
 
@@ -89,24 +92,27 @@ type request struct {
 // parseState is the resumable parsers' position inside one reply.
 type parseState struct {
 	phase   uint8
-	pending int    // data bytes (plus trailer) still to read into the scratch buffer
 	index   int    // which key of keys the current value belongs to
 	cursor  int    // where the next multi-get key search starts
 	values  int    // multi-get values seen so far: at most one per key asked
 	vflags  uint32 // flags of the value being read
 	vcas    uint64 // CAS id of the value being read
 	vlen    int    // length of the value being read
-	scratch []byte // value bytes gathered across reads
+	scratch []byte // an element that spans reads, when it cannot go to dst
+	// want is where the rest of the element being read goes: the unread
+	// part of dst (a single value, as stored) or of scratch. The parser
+	// copies buffered bytes into it; a reader may instead fill it straight
+	// from the socket (netConn.readFor), sparing the copy.
+	want    []byte
+	intoDst bool // the value being read goes straight into dst
 }
 
-// gather appends up to pending bytes of buf to the scratch buffer: the
-// part of a reply element (a value block, a binary frame) that spans
-// reads. complete reports whether the element is now whole.
-func (p *parseState) gather(buf []byte) (used int, complete bool) {
-	used = min(len(buf), p.pending)
-	p.scratch = append(p.scratch, buf[:used]...)
-	p.pending -= used
-	return used, p.pending == 0
+// take copies what it can of buf into want, and reports whether want is
+// now full.
+func (p *parseState) take(buf []byte) (used int, complete bool) {
+	used = copy(p.want, buf)
+	p.want = p.want[used:]
+	return used, len(p.want) == 0
 }
 
 // reset clears a request for reuse, keeping the scratch capacity.

@@ -6,7 +6,7 @@ import (
 )
 
 // textCodec is the text protocol for the pooled driver.
-var textCodec = codec{appendTextRequest, parseTextReply}
+var textCodec = codec{appendRequest: appendTextRequest, parseReply: parseTextReply, combineGets: true}
 
 // Text protocol: request encoders and a resumable reply parser.
 // Everything here is pure: bytes in, bytes or results out, no I/O.
@@ -140,8 +140,9 @@ func appendNoreply(dst []byte, noreply bool) []byte {
 
 // Parser phases.
 const (
-	phaseLine uint8 = iota // expecting a reply line
-	phaseData              // inside a VALUE data block that spans reads
+	phaseLine    uint8 = iota // expecting a reply line
+	phaseData                 // inside a VALUE data block that spans reads
+	phaseTrailer              // expecting the CRLF after such a block
 )
 
 // parseTextReply consumes the reply to r from buf. It returns how many
@@ -152,7 +153,7 @@ const (
 // trusted and the connection must be discarded.
 func parseTextReply(r *request, buf []byte) (n int, done bool, err error) {
 	for {
-		if r.parse.phase == phaseData {
+		if r.parse.phase != phaseLine {
 			used, complete, err := continueData(r, buf[n:])
 			n += used
 			if err != nil || !complete {
@@ -239,27 +240,47 @@ func startBlock(r *request, index int, flags uint32, cas uint64, size int, rest 
 		return size + 2, nil
 	}
 	r.parse.phase = phaseData
-	r.parse.pending = size + 2
-	r.parse.scratch = grow(r.parse.scratch[:0], size+2)
+	if r.op.isSingleGet() && flags&FlagCompressed == 0 {
+		// Straight into the caller's buffer: no copy of the value but the
+		// one the socket makes.
+		r.dst = grow(r.dst, size)
+		r.parse.want, r.parse.intoDst = r.dst[len(r.dst):len(r.dst)+size], true
+	} else {
+		r.parse.scratch = grow(r.parse.scratch[:0], size)
+		r.parse.want = r.parse.scratch[:size]
+	}
 	used, _, err := continueData(r, rest)
 	return used, err
 }
 
-// continueData gathers a data block that spans reads into the scratch
-// buffer and delivers it once complete.
+// continueData reads a data block that spans reads into its destination,
+// then its CRLF, and delivers the value.
 func continueData(r *request, buf []byte) (int, bool, error) {
-	take, complete := r.parse.gather(buf)
-	if !complete {
-		return take, false, nil
+	n := 0
+	if r.parse.phase == phaseData {
+		used, complete := r.parse.take(buf)
+		if n = used; !complete {
+			return n, false, nil
+		}
+		r.parse.phase = phaseTrailer
+	}
+	trailer := buf[n:]
+	if len(trailer) < 2 {
+		return n, false, nil
+	}
+	if trailer[0] != '\r' || trailer[1] != '\n' {
+		return n, false, protocolError("data block not followed by CRLF", trailer[:2])
 	}
 	r.parse.phase = phaseLine
-	block := r.parse.scratch
 	size := r.parse.vlen
-	if block[size] != '\r' || block[size+1] != '\n' {
-		return take, false, protocolError("data block not followed by CRLF", block[size:])
+	if r.parse.intoDst {
+		r.parse.intoDst = false
+		r.foundValue(r.parse.vflags, r.parse.vcas)
+		r.dst = r.dst[:len(r.dst)+size]
+		return n + 2, true, nil
 	}
-	r.keepFirstErr(r.deliverValue(r.parse.index, r.parse.vflags, r.parse.vcas, block[:size]))
-	return take, true, nil
+	r.keepFirstErr(r.deliverValue(r.parse.index, r.parse.vflags, r.parse.vcas, r.parse.scratch[:size]))
+	return n + 2, true, nil
 }
 
 // keepFirstErr records the first per-value error (a corrupt compressed

@@ -700,16 +700,53 @@ func TestParseTextReplyResumable(t *testing.T) {
 }
 
 func TestParseTextReplyScratchBounded(t *testing.T) {
-	// A value that spans reads is gathered in the scratch buffer, sized
-	// once from the declared length.
+	// A multi-get value that spans reads is gathered in the scratch
+	// buffer, sized once from the declared length.
 	value := strings.Repeat("v", 5000)
 	reply := []byte("VALUE foo 0 5000\r\n" + value + "\r\nEND\r\n")
-	r := newReq(opGet, "foo")()
+	r := newMulti("foo")()
 	o := feed(r, splits(reply, 100, 2000, 4000)...)
 	require.NoError(t, o.err)
-	assert.Equal(t, value, o.Dst)
-	assert.GreaterOrEqual(t, cap(r.parse.scratch), 5002)
-	assert.Less(t, cap(r.parse.scratch), 2*5002+64, "sized from the declared length")
+	assert.Equal(t, []hit{{0, value}}, o.Hits)
+	assert.GreaterOrEqual(t, cap(r.parse.scratch), 5000)
+	assert.Less(t, cap(r.parse.scratch), 2*5000+64, "sized from the declared length")
+}
+
+// A single get's value that spans reads goes straight into dst, which
+// grows once, by the declared length: nothing is gathered elsewhere.
+func TestParseTextReplyIntoDst(t *testing.T) {
+	value := strings.Repeat("v", 5000)
+	reply := []byte("VALUE foo 3 5000\r\n" + value + "\r\nEND\r\n")
+	r := newReq(opGet, "foo")()
+	r.dst = append(make([]byte, 0, 8), "pre"...)
+	o := feed(r, splits(reply, 100, 2000, 4000, len(reply)-7, len(reply)-6)...)
+	require.NoError(t, o.err)
+	require.True(t, o.Done)
+	assert.Equal(t, "pre"+value, o.Dst)
+	assert.Equal(t, uint32(3), o.Flags)
+	assert.Zero(t, cap(r.parse.scratch), "nothing gathered in scratch")
+	assert.Less(t, cap(r.dst), 2*(5000+3)+64, "dst grown from the declared length")
+
+	// A reader that fills want itself (as netConn.readFor does) leaves
+	// the parser only the trailer to check.
+	r = newReq(opGet, "foo")()
+	head := len("VALUE foo 3 5000\r\n")
+	n, done, err := parseTextReply(r, reply[:head+10])
+	require.NoError(t, err)
+	require.False(t, done)
+	require.Equal(t, head+10, n)
+	require.Len(t, r.parse.want, 4990)
+	r.parse.want = r.parse.want[copy(r.parse.want, value[10:]):]
+	n, done, err = parseTextReply(r, reply[head+5000:])
+	require.NoError(t, err)
+	require.True(t, done)
+	assert.Equal(t, len(reply)-head-5000, n)
+	assert.Equal(t, value, string(r.dst))
+
+	// The block's CRLF is still checked when the value went to dst.
+	bad := []byte("VALUE foo 0 5000\r\n" + value + "\n\rEND\r\n")
+	o = feed(newReq(opGet, "foo")(), splits(bad, 100)...)
+	assert.ErrorIs(t, o.err, ErrProtocol)
 }
 
 func TestParseTextReplyErrorsAreMatchable(t *testing.T) {

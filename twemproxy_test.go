@@ -234,7 +234,7 @@ func TestTwemproxySupported(t *testing.T) {
 			// order (a touch with a negative TTL expires the item). On
 			// Ultra only requests on one connection are ordered: one lane.
 			nr := newTestClient(t, s.proxy.Addr, proto, Options{MaxValueLength: 2 << 20})
-			if u, ok := nr.drv.(*ultraDriver); ok {
+			if u, ok := nr.drv.(*pipeDriver); ok {
 				u.lanes = u.lanes[:1]
 			}
 			for _, keys := range byBackend {

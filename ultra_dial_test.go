@@ -61,7 +61,7 @@ func awaitGet(t *testing.T, ch <-chan getResult) getResult {
 // waitPending waits until n requests are queued on the client's only lane.
 func waitPending(t *testing.T, c *Client, n int) {
 	t.Helper()
-	ln := c.drv.(*ultraDriver).lanes[0]
+	ln := c.drv.(*pipeDriver).lanes[0]
 	deadline := time.Now().Add(hangGuard)
 	for {
 		ln.mu.Lock()

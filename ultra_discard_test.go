@@ -27,7 +27,7 @@ func TestUltraDiscardedConnNotReused(t *testing.T) {
 		}
 	})
 	c := newTestClient(t, srv.Addr, Ultra, Options{})
-	c.drv.(*ultraDriver).lanes = c.drv.(*ultraDriver).lanes[:1]
+	c.drv.(*pipeDriver).lanes = c.drv.(*pipeDriver).lanes[:1]
 	for i := 0; i < 200; i++ {
 		_, err := c.Get(bg, "refused", nil)
 		var ce *ClientError

@@ -3,6 +3,8 @@ package ermc
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"net"
 	"sync/atomic"
@@ -46,10 +48,10 @@ func (g *gateConn) Close() error {
 // laneState reads, under the lane's lock, how many requests are in flight
 // and whether the lane has a connection.
 func laneState(c *Client) (inFlight int, connected bool) {
-	ln := c.drv.(*ultraDriver).lanes[0]
+	ln := c.drv.(*pipeDriver).lanes[0]
 	ln.mu.Lock()
 	defer ln.mu.Unlock()
-	return ln.flight.len(), ln.nc != nil
+	return ln.flight.len(), ln.cn != nil
 }
 
 // waitLane polls laneState until cond holds, within the hang guard.
@@ -254,7 +256,7 @@ func TestUltraEncodedBatchResentOnFreshConn(t *testing.T) {
 			}
 			first = &staleReadConn{gateConn: gateConn{Conn: nc, gateOn: []byte("get b\r\n"), gate: gate}}
 			first.taken = func() (bool, bool) {
-				ln := c.drv.(*ultraDriver).lanes[0]
+				ln := c.drv.(*pipeDriver).lanes[0]
 				ln.mu.Lock()
 				defer ln.mu.Unlock()
 				return len(ln.pending) == 0 && ln.flight.len() == 2, ln.flight.len() > 2
@@ -291,4 +293,75 @@ func TestUltraEncodedBatchResentOnFreshConn(t *testing.T) {
 		assert.ErrorIs(t, res.err, ErrCacheMiss, "get g, never written, on the stale connection's failure")
 	}
 	require.Equal(t, 1, hits, "the window was never hit")
+}
+
+// TestCloseOutcomesAreHonest: Close while Sets are in flight. A Set that
+// returns ErrClosed was not sent, so its key must be absent; a Set that
+// returns nil was stored; anything else is a *ConnError (outcome unknown).
+// Every key is written once, so the server's state tells what happened.
+func TestCloseOutcomesAreHonest(t *testing.T) {
+	s := startMemcached(t)
+	for _, proto := range wireDrivers {
+		t.Run(proto.String(), func(t *testing.T) {
+			for round := 0; round < 5; round++ {
+				checkCloseOutcomes(t, s.Addr, proto, round)
+			}
+		})
+	}
+}
+
+func checkCloseOutcomes(t *testing.T, addr string, proto Protocol, round int) {
+	c, err := New(addr, Options{Protocol: proto})
+	require.NoError(t, err)
+	const workers, perWorker = 32, 200
+	type outcome struct {
+		key string
+		err error
+	}
+	results := make(chan outcome, workers*perWorker)
+	var started atomic.Int32
+	closeNow := make(chan struct{})
+	done := make(chan struct{})
+	for w := 0; w < workers; w++ {
+		go func(w int) {
+			defer func() { done <- struct{}{} }()
+			for i := 0; i < perWorker; i++ {
+				key := fmt.Sprintf("close:%v:%d:%d:%d", proto, round, w, i)
+				if started.Add(1) == workers*20 {
+					close(closeNow)
+				}
+				err := c.Set(bg, key, []byte("v"), 0)
+				results <- outcome{key, err}
+				if errors.Is(err, ErrClosed) {
+					return
+				}
+			}
+		}(w)
+	}
+	<-closeNow
+	require.NoError(t, c.Close())
+	for w := 0; w < workers; w++ {
+		<-done
+	}
+	close(results)
+	check := newTestClient(t, addr, Text, Options{})
+	var closed, stored, unknown int
+	for o := range results {
+		_, gerr := check.Get(bg, o.key, nil)
+		var ce *ConnError
+		switch {
+		case o.err == nil:
+			stored++
+			require.NoError(t, gerr, "%s: Set returned nil but the key is absent", o.key)
+		case errors.Is(o.err, ErrClosed):
+			closed++
+			require.ErrorIs(t, gerr, ErrCacheMiss, "%s: Set returned ErrClosed but the server stored it", o.key)
+		case errors.As(o.err, &ce):
+			unknown++
+		default:
+			t.Fatalf("%s: Set: %v, want nil, ErrClosed or a *ConnError", o.key, o.err)
+		}
+	}
+	require.NotZero(t, stored, "no Set completed before Close")
+	t.Logf("round %d: %d stored, %d ErrClosed (absent), %d outcome unknown", round, stored, closed, unknown)
 }

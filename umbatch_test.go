@@ -19,7 +19,7 @@ func newGet(key string) *request {
 func TestCombinedGets(t *testing.T) {
 	a, b, a2, c := newGet("a"), newGet("b"), newGet("a"), newGet("c")
 	set := &request{op: opSet, key: "s", value: []byte("v"), wake: make(chan struct{}, 1)}
-	ln := &lane{}
+	ln := &lane{u: &pipeDriver{d: dialer{codec: textCodec}}}
 	wire, reqs := ln.encodeBatch(nil, []*request{a, b, a2, set, c})
 	if string(wire) != "get a b a\r\nset s 0 0 1\r\nv\r\nget c\r\n" {
 		t.Fatalf("wire = %q", wire)

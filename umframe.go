@@ -2,17 +2,16 @@ package ermc
 
 import (
 	"context"
-	"net"
 	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
-	"time"
 )
 
-// The Ultra driver: the text protocol through a pipelined framer, after
-// pyermc's ultramemcache driver. Requests from every goroutine are queued
-// on a few shared connections ("lanes"). Whoever finds a lane's writer idle
+// The pipelined drivers: Ultra (the text protocol, after pyermc's
+// ultramemcache driver) and Meta (memcached's meta protocol) share this
+// machinery, parameterised by the wire codec. Requests from every
+// goroutine are queued on a few shared connections ("lanes"). Whoever finds a lane's writer idle
 // becomes its writer and sends everything queued in one write (while the
 // lane dials, a writer that leaves hands the role to the dial); the reader
 // role (umread.go) parses replies and completes requests strictly in the
@@ -43,7 +42,8 @@ const (
 	atParse                // its reply is being parsed
 )
 
-type ultraDriver struct {
+// pipeDriver is a pipelined driver: a few lanes speaking d.codec.
+type pipeDriver struct {
 	d      dialer
 	lanes  []*lane
 	next   atomic.Uint32
@@ -51,12 +51,12 @@ type ultraDriver struct {
 	done   chan struct{} // closed by close: callers waiting for a dial leave
 }
 
-// defaultUltraLanes: one shared connection per core is enough to keep the
+// defaultLanes: one shared connection per core is enough to keep the
 // server busy; more only splits batches.
-func defaultUltraLanes() int { return max(1, min(runtime.GOMAXPROCS(0), 8)) }
+func defaultLanes() int { return max(1, min(runtime.GOMAXPROCS(0), 8)) }
 
-func newUltraDriver(network, addr string, opts *Options, lanes int) *ultraDriver {
-	u := &ultraDriver{d: dialer{network: network, addr: addr, opts: opts, codec: textCodec}, done: make(chan struct{})}
+func newPipeDriver(network, addr string, opts *Options, c codec, lanes int) *pipeDriver {
+	u := &pipeDriver{d: dialer{network: network, addr: addr, opts: opts, codec: c}, done: make(chan struct{})}
 	u.lanes = make([]*lane, lanes)
 	for i := range u.lanes {
 		u.lanes[i] = &lane{u: u, space: make(chan struct{}, 1)}
@@ -64,14 +64,14 @@ func newUltraDriver(network, addr string, opts *Options, lanes int) *ultraDriver
 	return u
 }
 
-func (u *ultraDriver) pick() *lane {
+func (u *pipeDriver) pick() *lane {
 	if len(u.lanes) == 1 {
 		return u.lanes[0]
 	}
 	return u.lanes[u.next.Add(1)%uint32(len(u.lanes))]
 }
 
-func (u *ultraDriver) connect(ctx context.Context) error {
+func (u *pipeDriver) connect(ctx context.Context) error {
 	for _, ln := range u.lanes {
 		ln.mu.Lock()
 		err := ln.ensureConn(ctx)
@@ -83,15 +83,19 @@ func (u *ultraDriver) connect(ctx context.Context) error {
 	return nil
 }
 
-func (u *ultraDriver) close() error {
+// close fails what is still queued with ErrClosed (it was not sent) and
+// lets what is in flight finish with its real outcome: a lane's
+// connection closes once its last reply is in (releaseRole), or at once
+// when nothing is in flight. A request being encoded when close comes is
+// not written (publish).
+func (u *pipeDriver) close() error {
 	u.closed.Store(true)
 	close(u.done) // Client.Close calls this once
 	for _, ln := range u.lanes {
 		ln.mu.Lock()
 		pending := ln.takePending(nil)
-		if ln.nc != nil {
-			ln.closeCause = ErrClosed
-			ln.nc.Close() // the reader role fails what is in flight
+		if ln.cn != nil && ln.flight.len() == 0 {
+			ln.closeConn()
 		}
 		if ln.readerStarted && !ln.reading {
 			ln.wakeReader() // to exit
@@ -104,11 +108,18 @@ func (u *ultraDriver) close() error {
 	return nil
 }
 
+// closeConn takes the lane's connection out of service and closes it.
+// Called with mu held.
+func (ln *lane) closeConn() {
+	ln.cn.close()
+	ln.cn = nil
+}
+
 // do runs r on a lane. A read that failed only because the lane's
 // connection had gone stale while idle (closed by the server, found out
 // when used) is sent once more on the same lane, which has dropped that
 // connection: it goes out on a connection dialed after the fault.
-func (u *ultraDriver) do(ctx context.Context, r *request) error {
+func (u *pipeDriver) do(ctx context.Context, r *request) error {
 	if u.closed.Load() {
 		return ErrClosed
 	}
@@ -163,39 +174,33 @@ func (ln *lane) do(ctx context.Context, r *request) error {
 
 // lane is one shared connection and its queues.
 type lane struct {
-	u *ultraDriver
+	u *pipeDriver
 
 	mu            sync.Mutex
-	nc            net.Conn // nil while disconnected
+	cn            *netConn // nil while disconnected
 	pending       []*request
 	writing       bool // a goroutine holds the writer role
 	flight        ring // written, awaiting replies, in write order
 	inflightBytes int
-	closeCause    error    // why nc was closed by a writer or Close, for the reader to report
+	seq           uint32   // the next opaque token
+	closeCause    error    // why cn was closed by a writer, for the reader to report
 	dial          *dialing // the dial under way, if any
-	answered      bool     // a reply has started on nc: nc may since have gone stale idle
-	staleRisk     bool     // nc was idle, had answered before, and no reply has started since
+	answered      bool     // a reply has started on cn: cn may since have gone stale idle
+	staleRisk     bool     // cn was idle, had answered before, and no reply has started since
 	reading       bool     // the reader role is held (umread.go)
 	direct        *request // the lone request whose own caller holds the role
 
 	readerStarted bool
 	readerUp      chan struct{} // hands the role to the lane's reader goroutine
-	interruptRead func()        // method value made once: a direct reader's cancellation
 	space         chan struct{} // the reader signals freed in-flight bytes
 	spaceWanted   bool          // a writer waits on space
 
 	// Owned by whoever holds the reader role.
-	rbuf          []byte
-	rpos, rend    int
-	readDeadline  time.Time
-	readConn      net.Conn // the connection readDeadline was set on
-	deadlineStale bool     // an interrupt may have moved the deadline
+	readCn  *netConn // the connection being read
+	parsing *request // the request whose reply is being parsed, if any
 	// Owned by the writer role.
-	writeDeadline time.Time
-	writeConn     net.Conn // the connection writeDeadline was set on
-	wbuf          []byte
-	taken         []*request // the batch being written
-	wire          []*request // the batch in wire order, fences included
+	taken []*request // the batch being written
+	wire  []*request // the batch in wire order, fences included
 }
 
 // writeLoop is run by the goroutine holding the writer role: it sends what
@@ -240,38 +245,34 @@ func (ln *lane) writeLoop(ctx context.Context, own *request) (direct bool) {
 			continue
 		}
 		batch := ln.takeBatch()
-		nc := ln.nc
+		cn := ln.cn
 		ln.mu.Unlock()
 
 		var wire []*request
-		ln.wbuf, wire = ln.encodeBatch(ln.wbuf[:0], batch)
-		if ln.publish(nc, batch, wire, own) {
-			if dl := deadlineAfter(ln.u.d.opts.Timeout); nc != ln.writeConn || !dl.Equal(ln.writeDeadline) || dl.IsZero() {
-				_ = nc.SetWriteDeadline(dl)
-				ln.writeDeadline, ln.writeConn = dl, nc
-			}
-			if _, err := nc.Write(ln.wbuf); err != nil {
-				ln.closeWith(nc, &ConnError{Op: "write", Addr: ln.u.d.addr, Err: err})
+		cn.wbuf, wire = ln.encodeBatch(cn.wbuf[:0], batch)
+		if ln.publish(cn, batch, wire, own) {
+			if err := cn.write(context.Background(), cn.wbuf, deadlineAfter(ln.u.d.opts.Timeout)); err != nil {
+				ln.closeWith(cn, err)
 			}
 		}
 		clear(batch)
 		clear(wire)
-		if cap(ln.wbuf) > 2*maxBatchBytes {
-			ln.wbuf = nil
+		if cap(cn.wbuf) > 2*maxBatchBytes {
+			cn.wbuf = nil
 		}
 	}
 }
 
-// closeWith closes nc after a fault seen outside the reader; the reader
+// closeWith closes cn after a fault seen outside the reader; the reader
 // then fails everything in flight with that fault rather than with the
 // "use of closed connection" the close makes it see.
-func (ln *lane) closeWith(nc net.Conn, fault error) {
+func (ln *lane) closeWith(cn *netConn, fault error) {
 	ln.mu.Lock()
-	if ln.nc == nc && ln.closeCause == nil {
+	if ln.cn == cn && ln.closeCause == nil {
 		ln.closeCause = fault
 	}
 	ln.mu.Unlock()
-	nc.Close()
+	cn.close()
 }
 
 // takeBatch moves the head of the queue, up to about maxBatchBytes of
@@ -301,32 +302,43 @@ func (ln *lane) encodeBatch(dst []byte, batch []*request) ([]byte, []*request) {
 	for i := 0; i < len(batch); i++ {
 		r := batch[i]
 		if !r.noreply && !fenced {
-			dst, wire = appendFence(dst, wire)
+			dst, wire = ln.appendFence(dst, wire)
 			fenced = true
 		}
-		if n := getRun(batch[i:]); n > 1 {
+		if n := ln.getRun(batch[i:]); n > 1 {
 			r = combineGets(batch[i : i+n])
 			i += n - 1
 		}
-		start := len(dst)
-		dst = appendTextRequest(dst, r)
-		r.wireLen = len(dst) - start
-		wire = append(wire, r)
+		dst, wire = ln.appendWire(dst, wire, r)
 		fenced = fenced && !r.noreply
 	}
 	if !fenced {
-		dst, wire = appendFence(dst, wire)
+		dst, wire = ln.appendFence(dst, wire)
 	}
 	ln.wire = wire
 	return dst, wire
+}
+
+// appendWire encodes r with the next opaque token(s) (a multi-get takes
+// one per key) and adds it to wire.
+func (ln *lane) appendWire(dst []byte, wire []*request, r *request) ([]byte, []*request) {
+	r.opaque = ln.seq
+	ln.seq += uint32(max(1, len(r.keys)))
+	start := len(dst)
+	dst = ln.u.d.codec.appendRequest(dst, r)
+	r.wireLen = len(dst) - start
+	return dst, append(wire, r)
 }
 
 // maxCombinedGets bounds the keys of one combined get command.
 const maxCombinedGets = 100
 
 // getRun counts the plain gets at the start of batch, up to
-// maxCombinedGets.
-func getRun(batch []*request) int {
+// maxCombinedGets, when the codec combines gets.
+func (ln *lane) getRun(batch []*request) int {
+	if !ln.u.d.codec.combineGets {
+		return 0
+	}
 	n := 0
 	for n < len(batch) && n < maxCombinedGets && batch[n].op == opGet {
 		n++
@@ -344,22 +356,20 @@ func combineGets(gets []*request) *request {
 	return b
 }
 
-func appendFence(dst []byte, wire []*request) ([]byte, []*request) {
+// appendFence adds a request whose reply comes after every earlier one.
+func (ln *lane) appendFence(dst []byte, wire []*request) ([]byte, []*request) {
 	f := getRequest()
 	f.op, f.sink = opFence, true
-	start := len(dst)
-	dst = appendTextRequest(dst, f)
-	f.wireLen = len(dst) - start
-	return dst, append(wire, f)
+	return ln.appendWire(dst, wire, f)
 }
 
 // publish puts the encoded requests in flight, in wire order, gives the
 // reader role out if nobody holds it, and lets noreply callers go: their
 // memory has been copied into the write buffer.
-// If nc failed meanwhile, nothing was sent: the batch goes back to the
+// If cn failed meanwhile, nothing was sent: the batch goes back to the
 // head of the queue, for the next connection, and publish reports false;
 // if the client closed, the requests fail.
-func (ln *lane) publish(nc net.Conn, batch, wire []*request, own *request) bool {
+func (ln *lane) publish(cn *netConn, batch, wire []*request, own *request) bool {
 	now := clock.now()
 	ln.mu.Lock()
 	if ln.u.closed.Load() {
@@ -372,14 +382,14 @@ func (ln *lane) publish(nc net.Conn, batch, wire []*request, own *request) bool 
 		}
 		return false
 	}
-	if ln.nc != nc {
+	if ln.cn != cn {
 		ln.requeue(batch, wire)
 		ln.mu.Unlock()
 		return false
 	}
 	wasIdle := ln.flight.len() == 0
 	if wasIdle {
-		// The server may have closed nc while it sat idle; a fault before
+		// The server may have closed cn while it sat idle; a fault before
 		// any reply starts then lets idempotent reads be retried.
 		ln.staleRisk = ln.answered
 	}
@@ -423,7 +433,7 @@ func (ln *lane) requeue(batch, wire []*request) {
 // waiting when its context ends, and the dial goes on (bounded by
 // ConnectTimeout). While a dial is under way, ln.dial is set.
 func (ln *lane) ensureConn(ctx context.Context) error {
-	if ln.nc != nil {
+	if ln.cn != nil {
 		return nil
 	}
 	if ln.u.closed.Load() {
@@ -443,7 +453,7 @@ func (ln *lane) ensureConn(ctx context.Context) error {
 	}
 	ln.mu.Lock()
 	switch {
-	case ln.nc != nil:
+	case ln.cn != nil:
 		return nil
 	case ln.dial != dl:
 		return dl.err
@@ -472,7 +482,7 @@ func (ln *lane) dialFor(ctx context.Context, dl *dialing) {
 		err = ErrClosed
 	}
 	if err == nil {
-		ln.nc = cn.nc
+		ln.cn = cn
 		ln.inflightBytes = 0
 		ln.answered, ln.staleRisk = false, false
 		ln.startReader()
@@ -525,7 +535,7 @@ func (ln *lane) wait(ctx context.Context, r *request) error {
 }
 
 func ctxFault(ctx context.Context, addr string) error {
-	return &ConnError{Op: "wait for reply", Addr: addr, Err: ctx.Err()}
+	return ctxDoneError(ctx, "wait for reply", addr)
 }
 
 func (ln *lane) removePending(r *request) {

@@ -2,13 +2,10 @@ package ermc
 
 import (
 	"context"
-	"errors"
-	"net"
-	"os"
 	"time"
 )
 
-// The Ultra driver's read side. One goroutine at a time holds a lane's
+// The pipelined drivers' read side. One goroutine at a time holds a lane's
 // reader role and parses replies, completing requests strictly in write
 // order. The role belongs to the lane's reader goroutine, except for a
 // lone request: a caller that wrote its own request onto an idle
@@ -22,9 +19,7 @@ func (ln *lane) startReader() {
 		return
 	}
 	ln.readerStarted = true
-	ln.rbuf = make([]byte, readBufferSize)
 	ln.readerUp = make(chan struct{}, 1)
-	ln.interruptRead = ln.abortRead
 	go ln.readerLoop()
 }
 
@@ -78,46 +73,34 @@ func (ln *lane) assignRole(own *request, wasIdle bool, wire []*request) {
 }
 
 // releaseRole gives the role up, or passes it to the reader goroutine when
-// replies are still due.
+// replies are still due. Once the client is closed, the last reply in
+// closes the connection.
 func (ln *lane) releaseRole() {
 	ln.mu.Lock()
-	if ln.flight.len() > 0 && ln.nc != nil {
+	if ln.flight.len() > 0 && ln.cn != nil {
 		ln.wakeReader()
 	} else {
 		ln.reading, ln.direct = false, nil
 		if ln.u.closed.Load() {
+			if ln.cn != nil {
+				ln.closeConn()
+			}
 			ln.wakeReader() // so that it sees the client closed and exits
 		}
 	}
 	ln.mu.Unlock()
 }
 
-// readDirect is a lone request's caller reading its own reply.
+// readDirect is a lone request's caller reading its own reply. Its
+// context is polled while it waits (netConn.read): it leaves when the
+// context ends before the reply starts.
 func (ln *lane) readDirect(ctx context.Context, own *request) error {
-	var stop func() bool
-	if ctx.Done() != nil {
-		stop = context.AfterFunc(ctx, ln.interruptRead)
-	}
 	abandoned := ln.serve(ctx, own)
-	if stop != nil {
-		stop() // if it already ran, the next reader sees a stale deadline and re-arms it
-	}
 	ln.releaseRole()
 	if abandoned {
 		return ctxFault(ctx, ln.u.d.addr)
 	}
 	return nil // own is complete: complete does not signal a self-reader
-}
-
-// abortRead makes a blocked direct read return when its context is
-// cancelled; the reader then finds out why.
-func (ln *lane) abortRead() {
-	ln.mu.Lock()
-	nc := ln.nc
-	ln.mu.Unlock()
-	if nc != nil {
-		_ = nc.SetReadDeadline(time.Unix(1, 0))
-	}
 }
 
 // serve holds the reader role until its work is done: for the reader
@@ -136,30 +119,35 @@ func (ln *lane) serve(ctx context.Context, own *request) (abandoned bool) {
 	}
 }
 
-// parseBuffered parses every complete reply in the read buffer, in order.
-// A reply that does not parse fails the connection.
+// parseBuffered parses every complete reply in the read buffer, in order,
+// and the reply being parsed as far as its bytes go. A reply that does not
+// parse fails the connection.
 func (ln *lane) parseBuffered() {
-	if ln.rpos == ln.rend {
+	cn, cur := ln.readCn, ln.parsing
+	if cn == nil || (cn.rpos == cn.rend && (cur == nil || len(cur.parse.want) > 0)) {
 		return
 	}
-	cur, nc := ln.startParse()
-	for ln.rpos < ln.rend {
+	if cur == nil {
+		cur = ln.startParse()
+	}
+	parse := ln.u.d.codec.parseReply
+	for {
 		if cur == nil {
-			if nc != nil {
-				ln.fail(nc, protocolError("bytes with no request in flight", ln.rbuf[ln.rpos:ln.rend]))
+			if cn.rpos < cn.rend {
+				ln.fail(cn, protocolError("bytes with no request in flight", cn.buffered()))
 			}
-			ln.rpos, ln.rend = 0, 0
 			return
 		}
-		n, done, err := parseTextReply(cur, ln.rbuf[ln.rpos:ln.rend])
-		ln.rpos += n
+		done, err := cn.parseBuffered(parse, cur)
 		if err != nil && err != errDiscardConn {
-			ln.fail(nc, err)
+			ln.fail(cn, err)
 			return
 		}
 		if !done {
-			break
+			ln.parsing = cur
+			return
 		}
+		ln.parsing = nil
 		if err == errDiscardConn {
 			// The reply is valid but ends the connection (CLIENT_ERROR,
 			// ERROR): take the connection out of service before waking
@@ -168,17 +156,12 @@ func (ln *lane) parseBuffered() {
 			ln.flight.pop()
 			cur.setWhere(atCaller)
 			ln.mu.Unlock()
-			ln.failAnswered(nc, nil, cur)
+			ln.failAnswered(cn, nil, cur)
 			return
 		}
-		cur = ln.finishParse(cur, ln.rpos < ln.rend)
-	}
-	switch {
-	case ln.rpos == ln.rend:
-		ln.rpos, ln.rend = 0, 0
-	case ln.rend == len(ln.rbuf) && ln.rpos > 0:
-		ln.rend = copy(ln.rbuf, ln.rbuf[ln.rpos:ln.rend])
-		ln.rpos = 0
+		if cur = ln.finishParse(cur, cn.rpos < cn.rend); cur == nil && cn.rpos == cn.rend {
+			return
+		}
 	}
 }
 
@@ -190,59 +173,43 @@ const (
 )
 
 // readMore reads from the connection once, unless the role's work is done
-// (own complete, or nothing in flight). Its deadline is when the head of
-// the flight queue is due (a stall past it fails the connection), or a
-// direct reader's own context deadline if that is sooner.
+// (own complete, or nothing in flight). The read fails the connection
+// when the head of the flight queue is overdue; a direct reader whose own
+// reply has not started also stops when its context ends, and leaves.
 func (ln *lane) readMore(ctx context.Context, own *request) int {
 	ln.mu.Lock()
-	nc, head := ln.nc, ln.flight.peek()
-	if nc == nil || head == nil || (own != nil && own.where == atCaller) {
+	cn, head := ln.cn, ln.flight.peek()
+	if cn == nil || head == nil || (own != nil && own.where == atCaller) {
 		ln.mu.Unlock()
 		return readDone
 	}
 	ownWaiting := own != nil && own.where == atFlight
 	sent := head.sentAt // read under mu: the head's caller may leave and recycle it
 	ln.mu.Unlock()
-	if ln.rend == len(ln.rbuf) {
-		ln.fail(nc, protocolError("reply element larger than the read buffer", ln.rbuf[:64]))
-		return readDone
+	if cn != ln.readCn {
+		ln.readCn, ln.parsing = cn, nil
 	}
 	due := time.Time{}
 	if t := ln.u.d.opts.Timeout; t > 0 {
 		due = sent.Add(t)
 	}
-	dl := due
-	if cd, ok := ctx.Deadline(); ok && ownWaiting && (dl.IsZero() || cd.Before(dl)) {
-		dl = cd
+	if !ownWaiting {
+		// The reader goroutine, or own already being parsed: only the
+		// lane's deadline counts.
+		ctx = context.Background()
 	}
-	if nc != ln.readConn || dl != ln.readDeadline || ln.deadlineStale {
-		_ = nc.SetReadDeadline(dl)
-		ln.readDeadline, ln.readConn, ln.deadlineStale = dl, nc, false
-	}
-	// A cancellation whose interrupt ran before the deadline above was set
-	// was just overwritten: its context is already done, so look before
-	// blocking. One that comes later interrupts the read itself.
-	if ownWaiting && ctx.Err() != nil && ln.abandon(own) {
-		return readAbandoned
-	}
-	n, err := nc.Read(ln.rbuf[ln.rend:])
-	ln.rend += n
-	if err == nil || n > 0 {
+	switch err := cn.readFor(ctx, ln.parsing, due); {
+	case err == nil:
 		return readProgress
-	}
-	if errors.Is(err, os.ErrDeadlineExceeded) {
-		if ctx.Err() != nil && ln.abandon(own) {
+	case err == errCtxDone:
+		if ln.abandon(own) {
 			return readAbandoned
 		}
-		if due.IsZero() || time.Now().Before(due) {
-			// Our own context's deadline (with own already being parsed)
-			// or a cancellation's interrupt: nothing is overdue.
-			ln.deadlineStale = true
-			return readProgress
-		}
+		return readProgress // own's reply started meanwhile: read it
+	default:
+		ln.fail(cn, err)
+		return readDone
 	}
-	ln.fail(nc, &ConnError{Op: "read", Addr: ln.u.d.addr, Err: err})
-	return readDone
 }
 
 // abandon takes a direct reader's own request out of flight, if its reply
@@ -261,18 +228,16 @@ func (ln *lane) abandon(own *request) bool {
 }
 
 // startParse returns the head of the flight queue, marked as being parsed:
-// from here its caller can no longer leave before the parse ends. It also
-// returns the connection the replies come from.
-func (ln *lane) startParse() (*request, net.Conn) {
+// from here its caller can no longer leave before the parse ends.
+func (ln *lane) startParse() *request {
 	ln.mu.Lock()
 	r := ln.flight.peek()
 	if r != nil {
 		r.setWhere(atParse)
 	}
 	ln.answered, ln.staleRisk = true, false
-	nc := ln.nc
 	ln.mu.Unlock()
-	return r, nc
+	return r
 }
 
 // finishParse pops the parsed request and completes it. When more reply
@@ -346,33 +311,35 @@ func (ln *lane) completeMembers(b *request, fault error) {
 // whose reply was cut included) completes with err, so no later reply can
 // reach the wrong request. Queued requests stay queued for a fresh
 // connection. Only the reader role calls it.
-func (ln *lane) fail(nc net.Conn, err error) { ln.failAnswered(nc, err, nil) }
+func (ln *lane) fail(cn *netConn, err error) { ln.failAnswered(cn, err, nil) }
 
 // failAnswered is fail for a connection whose last reply, to answered, was
 // read in full: answered completes without a fault once the lane has let
-// go of nc.
-func (ln *lane) failAnswered(nc net.Conn, err error, answered *request) {
+// go of cn. The requests in flight behind it fail with
+// errConnEndedByServer (the server ends the connection after such a
+// reply).
+func (ln *lane) failAnswered(cn *netConn, err error, answered *request) {
 	if err == nil {
-		err = &ConnError{Op: "read", Addr: ln.u.d.addr, Err: errDiscardConn}
+		err = &ConnError{Op: "read", Addr: ln.u.d.addr, Err: errConnEndedByServer}
 	}
+	ln.readCn, ln.parsing = nil, nil
 	ln.mu.Lock()
 	var failed []*request
 	staleIdle := false
-	if ln.nc == nc {
+	if ln.cn == cn {
 		staleIdle, ln.staleRisk = ln.staleRisk, false
 		// Detach before closing: a writer whose write fails because of
-		// this close finds nc out of service and does not record "use of
+		// this close finds cn out of service and does not record "use of
 		// closed network connection" as the cause.
-		ln.nc = nil
+		ln.cn = nil
 		if ln.closeCause != nil {
 			err, ln.closeCause = ln.closeCause, nil
 		}
 		failed = takeAll(nil, &ln.flight)
 		ln.inflightBytes = 0
-		ln.rpos, ln.rend = 0, 0
 	}
 	ln.mu.Unlock()
-	nc.Close()
+	cn.close()
 	ln.signalSpace()
 	if answered != nil {
 		ln.complete(answered, nil)

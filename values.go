@@ -113,9 +113,7 @@ func (r *request) deliverValue(index int, flags uint32, cas uint64, data []byte)
 		}
 		return nil
 	}
-	r.found = true
-	r.resFlags = flags
-	r.resCAS = cas
+	r.foundValue(flags, cas)
 	if flags&FlagCompressed != 0 {
 		var err error
 		r.dst, err = appendDecompressed(r.dst, data, r.maxValue)
@@ -123,6 +121,11 @@ func (r *request) deliverValue(index int, flags uint32, cas uint64, data []byte)
 	}
 	r.dst = append(r.dst, data...)
 	return nil
+}
+
+// foundValue records a single-key read's hit.
+func (r *request) foundValue(flags uint32, cas uint64) {
+	r.found, r.resFlags, r.resCAS = true, flags, cas
 }
 
 // replayValues runs the multi-get callback in the caller's goroutine over
