@@ -18,6 +18,10 @@ import (
 // have no meta form (flush_all, stats, version, ASCII auth) go out as text
 // commands on the same connection.
 
+// metaCodec is the meta protocol for the pipelined lanes. Plain gets are
+// not combined: each mg is already one short line in a pipelined write.
+var metaCodec = codec{appendRequest: appendMetaRequest, parseReply: parseMetaReply}
+
 // metaFields are a request's meta protocol extras: the stampede protection
 // flags it sends, and the flags its reply returned.
 type metaFields struct {
@@ -364,7 +368,7 @@ func parseMetaReply(r *request, buf []byte) (n int, done bool, err error) {
 		return parseTextReply(r, buf)
 	}
 	for {
-		if r.parse.phase == phaseData {
+		if r.parse.phase != phaseLine {
 			used, complete, err := continueData(r, buf[n:])
 			n += used
 			if err != nil || !complete {
@@ -431,7 +435,7 @@ func parseMetaReply(r *request, buf []byte) (n int, done bool, err error) {
 			r.meta.record(&rep)
 			used, err := startBlock(r, 0, rep.flags, rep.cas, rep.size, rest)
 			n += size + used
-			if err != nil || r.parse.phase == phaseData {
+			if err != nil || r.parse.phase != phaseLine {
 				return n, false, err
 			}
 			return n, true, nil

@@ -592,11 +592,49 @@ func TestParseMetaReplyResumable(t *testing.T) {
 }
 
 func TestParseMetaReplyScratchBounded(t *testing.T) {
+	// A multi-get value that spans reads is gathered in the scratch
+	// buffer, sized once from the declared length.
 	value := strings.Repeat("v", 5000)
-	reply := []byte("VA 5000 f0 O7\r\n" + value + "\r\n")
-	r := newMetaReq(opGet, "foo", 7)()
+	reply := []byte("VA 5000 f0 O7\r\n" + value + "\r\nMN\r\n")
+	r := newMetaMulti(7, "foo")()
 	o := feedMeta(r, bytewise(reply)...)
 	require.NoError(t, o.err)
-	assert.Equal(t, value, o.Dst)
-	assert.Less(t, cap(r.parse.scratch), 2*5002+64, "sized from the declared length")
+	assert.Equal(t, []hit{{0, value}}, o.Hits)
+	assert.GreaterOrEqual(t, cap(r.parse.scratch), 5000)
+	assert.Less(t, cap(r.parse.scratch), 2*5000+64, "sized from the declared length")
+}
+
+// A single get's value that spans reads goes straight into dst, as on
+// the text protocol.
+func TestParseMetaReplyIntoDst(t *testing.T) {
+	value := strings.Repeat("v", 5000)
+	reply := []byte("VA 5000 f3 O7\r\n" + value + "\r\n")
+	r := newMetaReq(opGet, "foo", 7)()
+	r.dst = append(make([]byte, 0, 8), "pre"...)
+	o := feedMeta(r, splits(reply, 100, 2000, 4000, len(reply)-2, len(reply)-1)...)
+	require.NoError(t, o.err)
+	require.True(t, o.Done)
+	assert.Equal(t, "pre"+value, o.Dst)
+	assert.Equal(t, uint32(3), o.Flags)
+	assert.Zero(t, cap(r.parse.scratch), "nothing gathered in scratch")
+
+	// A reader that fills want itself (netConn.readFor) leaves the parser
+	// only the trailer to check; the reply is then complete.
+	r = newMetaReq(opGet, "foo", 7)()
+	head := len("VA 5000 f3 O7\r\n")
+	n, done, err := parseMetaReply(r, reply[:head+10])
+	require.NoError(t, err)
+	require.False(t, done)
+	require.Equal(t, head+10, n)
+	require.Len(t, r.parse.want, 4990)
+	r.parse.want = r.parse.want[copy(r.parse.want, value[10:]):]
+	n, done, err = parseMetaReply(r, reply[head+5000:])
+	require.NoError(t, err)
+	require.True(t, done)
+	assert.Equal(t, 2, n)
+	assert.Equal(t, value, string(r.dst))
+
+	bad := []byte("VA 5000 f0 O7\r\n" + value + "\n\r")
+	o = feedMeta(newMetaReq(opGet, "foo", 7)(), splits(bad, 100)...)
+	assert.ErrorIs(t, o.err, ErrProtocol, "the block's CRLF is checked")
 }
