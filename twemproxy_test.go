@@ -123,7 +123,7 @@ func (s *twemproxySetup) spread(t *testing.T, c *Client, prefix string, n int) [
 }
 
 // proxyDrivers are the drivers that speak the text protocol, the only one
-// twemproxy proxies for memcached.
+// twemproxy proxies for memcached (Binary and Meta: TestTwemproxyUnsupported).
 var proxyDrivers = []Protocol{Text, Ultra}
 
 // Every command twemproxy supports works through it, on both text drivers.
@@ -335,6 +335,24 @@ func TestTwemproxyUnsupported(t *testing.T) {
 			"get":     func() error { _, err := c.Get(bg, "k", nil); return err },
 			"set":     func() error { return c.Set(bg, "k", []byte("v"), 0) },
 			"version": func() error { _, err := c.Version(bg); return err },
+		} {
+			err := guarded(t, call)
+			requireHardFault(t, err, name)
+			var ce *ConnError
+			assert.True(t, errors.As(err, &ce), "%s: %v is not a *ConnError", name, err)
+		}
+	})
+	t.Run("meta", func(t *testing.T) {
+		// nutcracker 0.5 knows no meta command: it closes the connection
+		// on the first one, and every operation fails at once with the
+		// fault, on a new connection each time.
+		c := newTestClient(t, s.proxy.Addr, Meta, opts)
+		for name, call := range map[string]func() error{
+			"get":       func() error { _, err := c.Get(bg, "k", nil); return err },
+			"set":       func() error { return c.Set(bg, "k", []byte("v"), 0) },
+			"delete":    func() error { return c.Delete(bg, "k") },
+			"incr":      func() error { _, err := c.Incr(bg, "k", 1); return err },
+			"multi-get": func() error { return c.GetMulti(bg, []string{"k", "j"}, func(int, []byte) {}) },
 		} {
 			err := guarded(t, call)
 			requireHardFault(t, err, name)
