@@ -344,3 +344,41 @@ func TestMetaSwappedRepliesNotDelivered(t *testing.T) {
 	assert.Equal(t, 2, protocolErrs, "both fail with the stream's fault")
 	afterFault(t, srv, c)
 }
+
+// A request abandoned while its reply is due leaves a sink that reads the
+// reply under the request's own opaque token, so the connection is kept.
+// (The token is not the lane's first, 0, which a sink without one would
+// match by chance.)
+func TestMetaSinkKeepsOpaque(t *testing.T) {
+	release := make(chan struct{})
+	srv := startFakeServer(t, func(fc *fakeConn) {
+		if fc.N == 0 {
+			warm, ok := fc.Next()
+			if !ok {
+				return
+			}
+			fc.Send(fakeReply(warm, fresh))
+			req, ok := fc.Next()
+			if !ok || !fc.Wait(release) {
+				return
+			}
+			fc.Send(echoOpaque(req, "VA 5 f0 O$\r\nstale\r\n"))
+		}
+		fc.Serve(fresh)
+	})
+	c := newFaultClient(t, srv.Addr, Meta, Options{Timeout: time.Minute})
+	requireValue(t, c, "k", "fresh")
+	ctx, cancel := context.WithCancel(bg)
+	go func() {
+		srv.WaitRequest() // the warm-up get
+		srv.WaitRequest() // the one to abandon
+		cancel()
+	}()
+	res := guardedGet(t, c, ctx, "k")
+	require.ErrorIs(t, res.err, context.Canceled)
+	close(release) // the stale reply now reaches the sink
+	res = guardedGet(t, c, bg, "k")
+	require.NoError(t, res.err)
+	assert.Equal(t, "fresh", res.v, "the sink took the stale reply")
+	assert.Equal(t, 1, srv.Accepted(), "the connection was kept")
+}
