@@ -320,8 +320,9 @@ func (c *Client) ResetCAS() { c.cas.reset() }
 
 // SetNoreply is fire-and-forget Set (memcached noreply, or quiet mode on
 // Meta; ultramemcache's async=True). On the pipelined drivers (Ultra,
-// Meta) it returns once the command is encoded for sending: a write that fails, or a server that refuses it, goes
-// unreported, and a following Get may not see it yet. On Text and Binary,
+// Meta) it returns once the command is encoded for sending: a write that
+// fails, or a server that refuses it, goes unreported, and a following
+// Get may not see it yet. On Text and Binary,
 // whose connections carry one request at a time, it is an ordinary Set.
 // Key and size checks still apply before anything is queued.
 func (c *Client) SetNoreply(ctx context.Context, key string, value []byte, ttl time.Duration) error {
