@@ -322,9 +322,9 @@ func (c *Client) ResetCAS() { c.cas.reset() }
 // Meta; ultramemcache's async=True). On the pipelined drivers (Ultra,
 // Meta) it returns once the command is encoded for sending: a write that
 // fails, or a server that refuses it, goes unreported, and a following
-// Get may not see it yet. On Text and Binary,
-// whose connections carry one request at a time, it is an ordinary Set.
-// Key and size checks still apply before anything is queued.
+// Get may not see it yet. On Text and Binary, whose connections carry one
+// request at a time, it is an ordinary Set. Key and size checks still
+// apply before anything is queued.
 func (c *Client) SetNoreply(ctx context.Context, key string, value []byte, ttl time.Duration) error {
 	return c.storeMode(ctx, opSet, key, value, 0, ttl, 0, c.pipelined)
 }
