@@ -256,3 +256,34 @@ func TestAllocsGetMultiInlineClosure(t *testing.T) {
 		t.Errorf("closure made once: %v allocs/op, README says 0", reused)
 	}
 }
+
+// On Meta a key that goes out base64-encoded costs nothing either: it is
+// encoded straight into the write buffer.
+func TestAllocsMetaBase64Keys(t *testing.T) {
+	s := startMemcached(t)
+	c := newTestClient(t, s.Addr, Meta, Options{})
+	keys := []string{"alloc: a key with spaces", "alloc:\ttab\x00nul " + strings.Repeat("x", 150)}
+	for _, k := range keys {
+		mustSet(t, c, k, "v")
+	}
+	value, buf := []byte("v"), make([]byte, 0, 64)
+	onValue := func(int, []byte) {} // made once, outside the measured calls
+	for _, ac := range []allocCase{
+		{"Get", func(ctx context.Context) error { _, err := c.Get(ctx, keys[1], buf[:0]); return err }},
+		{"Set", func(ctx context.Context) error { return c.Set(ctx, keys[0], value, 0) }},
+		{"GetMulti", func(ctx context.Context) error { return c.GetMulti(ctx, keys, onValue) }},
+	} {
+		var err error
+		allocs := testing.AllocsPerRun(200, func() {
+			if e := ac.run(bg); e != nil && err == nil {
+				err = e
+			}
+		})
+		if err != nil {
+			t.Fatalf("%s: %v", ac.name, err)
+		}
+		if allocs != 0 {
+			t.Errorf("%s with base64 keys allocates %v times per op; want 0", ac.name, allocs)
+		}
+	}
+}

@@ -36,7 +36,7 @@ func writeAuthFile(t *testing.T, lines ...string) string {
 }
 
 // asciiAuthDrivers are the drivers that authenticate with ASCII auth.
-var asciiAuthDrivers = []Protocol{Text, Ultra}
+var asciiAuthDrivers = []Protocol{Text, Ultra, Meta}
 
 // firstWrites wraps connections so that the first bytes each one sends are
 // recorded.
@@ -140,9 +140,9 @@ func TestASCIIAuth(t *testing.T) {
 					return rec.wrap(nc), nil
 				}
 				c := newTestClient(t, s.Addr, proto, opts)
-				if proto == Ultra {
+				if c.pipelined {
 					// One shared connection per lane: three lanes.
-					c.drv = newPipeDriver("tcp", s.Addr, &c.opts, textCodec, conns)
+					c.drv = newPipeDriver("tcp", s.Addr, &c.opts, c.drv.(*pipeDriver).d.codec, conns)
 				}
 				var wg sync.WaitGroup
 				errs := make(chan error, 4*conns)

@@ -1,7 +1,7 @@
 // Package ermc is a memcache client for latency-sensitive services: zero
 // heap allocations on the hot path, selectable wire drivers (text, binary,
-// pipelined text), lz4 compression, and faults that are reported, never
-// swallowed.
+// pipelined text, pipelined meta), lz4 compression, and faults that are
+// reported, never swallowed.
 package ermc
 
 import (
@@ -27,6 +27,11 @@ const (
 	Ultra
 	// Noop talks to no server: gets miss, writes succeed.
 	Noop
+	// Meta speaks memcached's meta protocol (memcached 1.6.10 or later)
+	// through the same pipelined framer as Ultra, with every reply matched
+	// to its request by an opaque token. Keys the text protocol cannot
+	// carry (spaces, control bytes) go out base64-encoded, up to 186 bytes.
+	Meta
 )
 
 func (p Protocol) String() string {
@@ -39,6 +44,8 @@ func (p Protocol) String() string {
 		return "ultra"
 	case Noop:
 		return "noop"
+	case Meta:
+		return "meta"
 	}
 	return fmt.Sprintf("Protocol(%d)", int(p))
 }
@@ -46,7 +53,7 @@ func (p Protocol) String() string {
 // Options configures a Client. The zero value is valid: every field has a
 // default.
 type Options struct {
-	Protocol          Protocol      // Text (default), Binary, Ultra, Noop
+	Protocol          Protocol      // Text (default), Binary, Ultra, Noop, Meta
 	ConnectTimeout    time.Duration // dial, TLS handshake and auth; default 3s
 	Timeout           time.Duration // per request I/O; default 3s; negative: none
 	MaxKeyLength      int           // default 250
@@ -134,6 +141,9 @@ func New(addr string, opts Options) (*Client, error) {
 		c.pipelined = true
 	case Noop:
 		c.drv = noopDriver{}
+	case Meta:
+		c.drv = newPipeDriver(network, address, &c.opts, metaCodec, defaultLanes())
+		c.pipelined = true
 	default:
 		return nil, fmt.Errorf("%w: protocol %v", ErrNotSupported, opts.Protocol)
 	}
@@ -187,7 +197,11 @@ func (c *Client) hideFault(err, as error) error {
 }
 
 func (c *Client) checkKey(key string) error {
-	if validKey(key, c.opts.MaxKeyLength) {
+	valid := validKey
+	if c.opts.Protocol == Meta {
+		valid = validMetaKey
+	}
+	if valid(key, c.opts.MaxKeyLength) {
 		return nil
 	}
 	return fmt.Errorf("%w: %s (%d bytes)", ErrMalformedKey, quoteBounded([]byte(key)), len(key))
@@ -305,12 +319,13 @@ func (c *Client) CAS(ctx context.Context, key string, value []byte, ttl time.Dur
 // ResetCAS forgets every remembered CAS id.
 func (c *Client) ResetCAS() { c.cas.reset() }
 
-// SetNoreply is fire-and-forget Set (memcached noreply; ultramemcache's
-// async=True). On the Ultra driver it returns once the command is encoded
-// for sending: a write that fails, or a server that refuses it, goes
-// unreported, and a following Get may not see it yet. On Text and Binary,
-// whose connections carry one request at a time, it is an ordinary Set.
-// Key and size checks still apply before anything is queued.
+// SetNoreply is fire-and-forget Set (memcached noreply, or quiet mode on
+// Meta; ultramemcache's async=True). On the pipelined drivers (Ultra,
+// Meta) it returns once the command is encoded for sending: a write that
+// fails, or a server that refuses it, goes unreported, and a following
+// Get may not see it yet. On Text and Binary, whose connections carry one
+// request at a time, it is an ordinary Set. Key and size checks still
+// apply before anything is queued.
 func (c *Client) SetNoreply(ctx context.Context, key string, value []byte, ttl time.Duration) error {
 	return c.storeMode(ctx, opSet, key, value, 0, ttl, 0, c.pipelined)
 }

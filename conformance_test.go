@@ -62,6 +62,40 @@ func (e *confEnv) countingClient(opts Options) (*Client, *atomic.Int32) {
 	return e.client(opts), &dials
 }
 
+// malformedKeys are keys proto refuses before sending anything. Meta
+// carries spaces and control bytes base64-encoded, in keys of at most
+// maxBase64Key bytes.
+func malformedKeys(proto Protocol) map[string]string {
+	if proto == Meta {
+		return map[string]string{
+			"empty":       "",
+			"251":         strings.Repeat("k", 251),
+			"space, 187":  strings.Repeat(" ", 187),
+			"nul, 187":    "\x00" + strings.Repeat("k", 186),
+			"trailer 250": strings.Repeat("k", 248) + "\r\n",
+		}
+	}
+	return map[string]string{
+		"empty":   "",
+		"251":     strings.Repeat("k", 251),
+		"space":   "a b",
+		"newline": "a\nb",
+		"cr":      "a\rb",
+		"tab":     "a\tb",
+		"nul":     "a\x00b",
+		"del":     "a\x7fb",
+		"trailer": "ab\r\n",
+	}
+}
+
+// aMalformedKey is a key proto refuses, holding a space.
+func aMalformedKey(proto Protocol) string {
+	if proto == Meta {
+		return strings.Repeat("bad key ", 24) // 192 bytes
+	}
+	return "bad key"
+}
+
 type confCase struct {
 	name string // also the key prefix: no spaces
 	opts Options
@@ -451,7 +485,7 @@ var conformanceCases = []confCase{
 	{name: "GetMultiMalformed", run: func(t *testing.T, e *confEnv) {
 		good := e.key("good")
 		mustSet(t, e.c, good, "v")
-		keys := []string{good, e.key("bad key"), good}
+		keys := []string{good, e.key(aMalformedKey(e.proto)), good}
 
 		// Nothing is sent: a fresh client never dials...
 		c, dials := e.countingClient(Options{})
@@ -777,17 +811,7 @@ var conformanceCases = []confCase{
 		assert.Equal(t, st["version"], v)
 	}},
 	{name: "MalformedKeys", run: func(t *testing.T, e *confEnv) {
-		bad := map[string]string{
-			"empty":   "",
-			"251":     strings.Repeat("k", 251),
-			"space":   "a b",
-			"newline": "a\nb",
-			"cr":      "a\rb",
-			"tab":     "a\tb",
-			"nul":     "a\x00b",
-			"del":     "a\x7fb",
-			"trailer": "ab\r\n",
-		}
+		bad := malformedKeys(e.proto)
 		c, dials := e.countingClient(Options{})
 		for _, op := range keyedOps {
 			for name, key := range bad {
@@ -1151,7 +1175,7 @@ var conformanceCases = []confCase{
 		require.ErrorIs(t, live.Add(bg, k, []byte("x"), 0), ErrNotStored)
 		_, err = live.Incr(bg, k, 1)
 		require.ErrorIs(t, err, ErrNonNumeric)
-		require.ErrorIs(t, live.Set(bg, "bad key", []byte("x"), 0), ErrMalformedKey)
+		require.ErrorIs(t, live.Set(bg, aMalformedKey(e.proto), []byte("x"), 0), ErrMalformedKey)
 		requireValue(t, live, k, "abc")
 	}},
 	{name: "Connect", run: func(t *testing.T, e *confEnv) {

@@ -7,7 +7,10 @@ import (
 
 // wireDrivers are the drivers that talk to a server. The conformance suite
 // and the walkthrough run on each of them.
-var wireDrivers = []Protocol{Text, Binary, Ultra}
+var wireDrivers = []Protocol{Text, Binary, Ultra, Meta}
+
+// pipelinedDrivers share the lanes of umframe.go.
+var pipelinedDrivers = []Protocol{Ultra, Meta}
 
 // newTestClient makes a client of proto for addr, closed when t ends.
 func newTestClient(t testing.TB, addr string, proto Protocol, opts Options) *Client {

@@ -18,7 +18,9 @@ var (
 	// ErrCASConflict: the item was modified since its CAS id was read.
 	ErrCASConflict = errors.New("ermc: compare-and-swap conflict")
 	// ErrMalformedKey: the key is empty, longer than MaxKeyLength, or holds
-	// a space or control character. Such a key never reaches the wire.
+	// a space or control character (on Meta, which sends such keys
+	// base64-encoded: only one longer than 186 bytes). Such a key never
+	// reaches the wire.
 	ErrMalformedKey = errors.New("ermc: malformed key")
 	// ErrValueTooLarge: a value is longer than MaxValueLength, on the way out
 	// (checked before sending) or on the way in (refused before allocating).

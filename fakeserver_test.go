@@ -3,6 +3,7 @@ package ermc
 import (
 	"bufio"
 	"bytes"
+	"encoding/base64"
 	"fmt"
 	"io"
 	"net"
@@ -218,12 +219,15 @@ func (fc *fakeConn) Next() (fakeRequest, bool) {
 	}
 	req := fakeRequest{Conn: fc.N, Line: strings.TrimSuffix(line, "\r\n")}
 	req.Fields = strings.Split(req.Line, " ")
-	switch req.Fields[0] {
+	switch lenField := 4; req.Fields[0] {
+	case "ms": // meta: ms <key> <datalen> <flags>*
+		lenField = 2
+		fallthrough
 	case "set", "add", "replace", "append", "prepend", "cas":
-		if len(req.Fields) < 5 {
+		if len(req.Fields) <= lenField {
 			break
 		}
-		n, err := strconv.Atoi(req.Fields[4])
+		n, err := strconv.Atoi(req.Fields[lenField])
 		if err != nil {
 			break
 		}
@@ -302,6 +306,8 @@ func fakeReply(req fakeRequest, values map[string]string) string {
 		} else {
 			b.WriteString("NOT_FOUND\r\n")
 		}
+	case "mg", "ms", "md", "ma", "mn":
+		b.WriteString(fakeMetaReply(req, values))
 	case "version":
 		b.WriteString("VERSION fake\r\n")
 	case "stats":
@@ -310,6 +316,93 @@ func fakeReply(req fakeRequest, values map[string]string) string {
 		b.WriteString("ERROR\r\n")
 	}
 	return b.String()
+}
+
+// fakeMetaReply is a plausible memcached answer to a meta command over
+// values. It reads the flags v, c, q, b (a base64 key) and O (echoed);
+// a counter it is asked to change becomes 1.
+func fakeMetaReply(req fakeRequest, values map[string]string) string {
+	if req.Fields[0] == "mn" {
+		return "MN\r\n"
+	}
+	if len(req.Fields) < 2 {
+		return "CLIENT_ERROR bad command line format\r\n"
+	}
+	key, flags := req.Fields[1], map[byte]string{}
+	for _, f := range req.Fields[2:] {
+		if f != "" {
+			flags[f[0]] = f[1:]
+		}
+	}
+	if _, b64 := flags['b']; b64 {
+		dec, err := base64.StdEncoding.DecodeString(key)
+		if err != nil {
+			return "CLIENT_ERROR error decoding key\r\n"
+		}
+		key = string(dec)
+	}
+	has := func(f byte) bool { _, ok := flags[f]; return ok }
+	line := func(c string) string { // the code, the opaque token echoed, CRLF
+		if o, ok := flags['O']; ok {
+			c += " O" + o
+		}
+		return c + "\r\n"
+	}
+	v, hit := values[key]
+	switch req.Fields[0] {
+	case "mg":
+		switch {
+		case !hit && has('q'):
+			return ""
+		case !hit:
+			return line("EN")
+		case !has('v'):
+			return line("HD")
+		}
+		head := "VA " + strconv.Itoa(len(v)) + " f0"
+		if has('c') {
+			head += " c1"
+		}
+		return line(head) + v + "\r\n"
+	case "ms":
+		if has('q') {
+			return ""
+		}
+		return line("HD")
+	case "md":
+		switch {
+		case !hit:
+			return line("NF")
+		case has('q'):
+			return ""
+		}
+		return line("HD")
+	case "ma":
+		if !has('v') {
+			return line("HD")
+		}
+		return line("VA 1") + "1\r\n"
+	}
+	return "ERROR\r\n"
+}
+
+// metaOpaque is the opaque token of a meta request ("" if none).
+func metaOpaque(req fakeRequest) string {
+	for _, f := range req.Fields[min(2, len(req.Fields)):] {
+		if strings.HasPrefix(f, "O") {
+			return f[1:]
+		}
+	}
+	return ""
+}
+
+// echoOpaque fills the placeholder "O$" in a scripted meta reply with the
+// opaque token of req, the request it answers.
+func echoOpaque(req fakeRequest, reply string) string {
+	if tok := metaOpaque(req); tok != "" {
+		return strings.ReplaceAll(reply, "O$", "O"+tok)
+	}
+	return reply
 }
 
 // ReadSlowly makes the fake read at most n bytes at a time from now on,

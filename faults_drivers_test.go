@@ -41,17 +41,32 @@ func TestFaultMultiGetEndlessValues(t *testing.T) {
 	for _, proto := range wireDrivers {
 		t.Run(proto.String(), func(t *testing.T) {
 			value := []byte("VALUE a 0 5\r\nstale\r\n")
-			if proto == Binary {
+			refusal := "more values than keys"
+			switch proto {
+			case Binary:
 				value = binResp(binGetKQ, 0, 0, 1, be32(0), "a", "stale")
+			case Meta:
+				value = []byte("VA 5 f0 O$\r\nstale\r\n") // a's token, again and again
+				refusal = "out of order or repeated"
 			}
 			srv := startFakeServer(t, func(fc *fakeConn) {
 				if fc.N == 0 {
-					if proto == Binary {
+					switch proto {
+					case Binary:
 						fc.NextBinary() // GETKQ a
 						fc.NextBinary() // GETKQ b
 						fc.NextBinary() // NOOP
-					} else if _, ok := fc.Next(); !ok {
-						return
+					case Meta:
+						a, _ := fc.Next()            // mg a
+						fc.Next()                    // mg b
+						if _, ok := fc.Next(); !ok { // mn
+							return
+						}
+						value = []byte(echoOpaque(a, string(value)))
+					default:
+						if _, ok := fc.Next(); !ok {
+							return
+						}
 					}
 					sendForever(fc, value)
 					return
@@ -64,7 +79,7 @@ func TestFaultMultiGetEndlessValues(t *testing.T) {
 				return c.GetMulti(bg, []string{"a", "b"}, func(i int, v []byte) { calls++ })
 			})
 			require.ErrorIs(t, err, ErrProtocol)
-			assert.Contains(t, err.Error(), "more values than keys")
+			assert.Contains(t, err.Error(), refusal)
 			assert.LessOrEqual(t, calls, 2, "at most one value per key reaches the callback")
 			afterFault(t, srv, c)
 		})
@@ -305,41 +320,45 @@ func TestFaultStalledWrite(t *testing.T) {
 // parsed cannot leave mid-parse: it ends when the reply does or when the
 // connection's Timeout fails the connection, never with a value.
 func TestUltraCanceledMidRequest(t *testing.T) {
-	for _, sp := range stallPoints {
-		t.Run(sp.name, func(t *testing.T) {
-			srv, release := startStalledServer(t, Ultra, sp)
-			waiting := sp.partial == "" // no reply byte yet: not being parsed
-			timeout := time.Minute      // only the cancellation can end the request in time
-			if !waiting {
-				timeout = 200 * time.Millisecond
+	for _, proto := range pipelinedDrivers {
+		t.Run(proto.String(), func(t *testing.T) {
+			for _, sp := range stallPointsFor(proto) {
+				t.Run(sp.name, func(t *testing.T) {
+					srv, release := startStalledServer(t, proto, sp)
+					waiting := sp.partial == "" // no reply byte yet: not being parsed
+					timeout := time.Minute      // only the cancellation can end the request in time
+					if !waiting {
+						timeout = 200 * time.Millisecond
+					}
+					c := newFaultClient(t, srv.Addr, proto, Options{Timeout: timeout})
+					ctx, cancel := context.WithCancel(bg)
+					defer cancel()
+					go func() {
+						srv.WaitRequest()
+						if !waiting {
+							waitUltraParsing(c)
+						}
+						cancel()
+					}()
+					res := guardedGet(t, c, ctx, "k")
+					require.Error(t, res.err)
+					assert.Empty(t, res.v)
+					if !waiting {
+						var ce *ConnError
+						require.ErrorAs(t, res.err, &ce)
+						assert.True(t, ce.Timeout(), "%v", res.err)
+						release()
+						afterFault(t, srv, c)
+						return
+					}
+					assert.ErrorIs(t, res.err, context.Canceled)
+					release() // the stale reply now reaches the sink
+					res = guardedGet(t, c, bg, "k")
+					require.NoError(t, res.err)
+					assert.Equal(t, "fresh", res.v, "the sink took the stale reply")
+					assert.Equal(t, 1, srv.Accepted(), "the connection was kept")
+				})
 			}
-			c := newFaultClient(t, srv.Addr, Ultra, Options{Timeout: timeout})
-			ctx, cancel := context.WithCancel(bg)
-			defer cancel()
-			go func() {
-				srv.WaitRequest()
-				if !waiting {
-					waitUltraParsing(c)
-				}
-				cancel()
-			}()
-			res := guardedGet(t, c, ctx, "k")
-			require.Error(t, res.err)
-			assert.Empty(t, res.v)
-			if !waiting {
-				var ce *ConnError
-				require.ErrorAs(t, res.err, &ce)
-				assert.True(t, ce.Timeout(), "%v", res.err)
-				release()
-				afterFault(t, srv, c)
-				return
-			}
-			assert.ErrorIs(t, res.err, context.Canceled)
-			release() // the stale reply now reaches the sink
-			res = guardedGet(t, c, bg, "k")
-			require.NoError(t, res.err)
-			assert.Equal(t, "fresh", res.v, "the sink took the stale reply")
-			assert.Equal(t, 1, srv.Accepted(), "the connection was kept")
 		})
 	}
 }

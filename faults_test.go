@@ -129,14 +129,15 @@ func testFaultMalformedReplies(t *testing.T, proto Protocol) {
 func stallScript(proto Protocol, partial, late string, release <-chan struct{}) func(fc *fakeConn) {
 	return func(fc *fakeConn) {
 		if fc.N == 0 {
-			if _, ok := fc.NextAs(proto); !ok {
+			req, ok := fc.NextAs(proto)
+			if !ok {
 				return
 			}
-			fc.Send(partial)
+			fc.Send(echoOpaque(req, partial))
 			if !fc.Wait(release) {
 				return
 			}
-			fc.Send(late)
+			fc.Send(echoOpaque(req, late))
 		}
 		fc.ServeAs(proto, fresh)
 	}
@@ -161,11 +162,28 @@ func startStalledServer(t *testing.T, proto Protocol, sp stallPoint) (*fakeServe
 // format where the fake stops sending. Joined, each pair is a valid reply
 // with a value other than "fresh".
 func stallPointsFor(proto Protocol) []stallPoint {
-	if proto == Binary {
+	switch proto {
+	case Binary:
 		return binaryStallPoints
+	case Meta:
+		return metaStallPoints
 	}
 	return stallPoints
 }
+
+// metaStallPoints: the same places in a meta reply; O$ stands for the
+// request's opaque token (echoOpaque).
+var metaStallPoints = func() []stallPoint {
+	big := strings.Repeat("s", 40_000)
+	return []stallPoint{
+		{"before the first byte", "", "VA 5 f0 O$\r\nstale\r\n"},
+		{"in the VA line", "VA 5 f0", " O$\r\nstale\r\n"},
+		{"between CR and LF", "VA 5 f0 O$\r", "\nstale\r\n"},
+		{"in the value", "VA 5 f0 O$\r\nst", "ale\r\n"},
+		{"before the data CRLF", "VA 5 f0 O$\r\nstale", "\r\n"},
+		{"in a 40 KB value", "VA 40000 f0 O$\r\n" + big[:20_000], big[20_000:] + "\r\n"},
+	}
+}()
 
 // binaryStallPoints: the same places in a binary GET response.
 var binaryStallPoints = func() []stallPoint {
@@ -248,8 +266,8 @@ func testFaultEOFMidReply(t *testing.T, proto Protocol) {
 		t.Run(sp.name, func(t *testing.T) {
 			srv := startFakeServer(t, func(fc *fakeConn) {
 				if fc.N == 0 {
-					if _, ok := fc.NextAs(proto); ok {
-						fc.Send(sp.partial)
+					if req, ok := fc.NextAs(proto); ok {
+						fc.Send(echoOpaque(req, sp.partial))
 					}
 					return // hang up
 				}
@@ -601,7 +619,7 @@ func TestFaultDialTimeout(t *testing.T) {
 				assert.Positive(t, d, "dial %d had no deadline", i)
 				assert.LessOrEqual(t, d, connectTimeout, "dial %d is bounded by ConnectTimeout", i)
 			}
-			if proto == Ultra {
+			if c.pipelined {
 				return
 			}
 
@@ -761,6 +779,9 @@ func TestFaultNoRetryUnlessStaleIdle(t *testing.T) {
 				if proto == Binary && reply != "" {
 					reply = string(binResp(binGet, 0, binOpaque, 1, be32(0), "", "stale"))[:binHeaderLen+6]
 				}
+				if proto == Meta && reply != "" {
+					reply = "VA 5 f0 O$\r\nst"
+				}
 				srv := startFakeServer(t, func(fc *fakeConn) {
 					if fc.N > 0 {
 						fc.ServeAs(proto, fresh)
@@ -773,10 +794,11 @@ func TestFaultNoRetryUnlessStaleIdle(t *testing.T) {
 						}
 						fc.Send(fakeReplyAs(proto, req, fresh))
 					}
-					if _, ok := fc.NextAs(proto); !ok {
+					req, ok := fc.NextAs(proto)
+					if !ok {
 						return
 					}
-					fc.Send(reply)
+					fc.Send(echoOpaque(req, reply))
 					if tc.stall {
 						fc.Stall()
 					}

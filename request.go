@@ -58,6 +58,8 @@ type request struct {
 	pass    string // opAuth
 	opaque  uint32 // token a pipelined codec sends and checks in the reply (a multi-get uses opaque+i for key i)
 
+	meta metaFields // meta protocol flags sent and returned (metaparse.go)
+
 	// Results.
 	found    bool
 	dst      []byte // single get: the value is appended here (decompressed)
@@ -173,9 +175,12 @@ func exptime(ttl time.Duration) int64 {
 // control characters (the text protocol's delimiters). The same rule holds
 // for the binary protocol so that keys mean the same on every driver.
 func validKey(key string, max int) bool {
-	if len(key) == 0 || len(key) > max {
-		return false
-	}
+	return len(key) > 0 && len(key) <= max && textSafeKey(key)
+}
+
+// textSafeKey reports whether key holds none of the bytes the text
+// protocol cannot carry in a key: spaces, control characters and DEL.
+func textSafeKey(key string) bool {
 	for i := 0; i < len(key); i++ {
 		if c := key[i]; c <= ' ' || c == 0x7f {
 			return false

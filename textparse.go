@@ -161,21 +161,12 @@ func parseTextReply(r *request, buf []byte) (n int, done bool, err error) {
 			}
 			continue
 		}
-		i := bytes.IndexByte(buf[n:], '\n')
-		if i < 0 && len(buf)-n <= maxTextLine {
-			return n, false, nil
+		line, size, err := cutLine(buf[n:])
+		if size == 0 || err != nil {
+			return n, false, err
 		}
-		if i < 0 || i > maxTextLine {
-			// Refused whether or not its end has arrived, so that the
-			// outcome does not depend on how the bytes were split.
-			return n, false, protocolError("reply line too long", buf[n:n+64])
-		}
-		if i == 0 || buf[n+i-1] != '\r' {
-			return n, false, protocolError("reply line not ended by CRLF", buf[n:n+i+1])
-		}
-		line := buf[n : n+i-1]
-		rest := buf[n+i+1:]
-		n += i + 1
+		rest := buf[n+size:]
+		n += size
 		if bytes.HasPrefix(line, valuePrefix) && r.op.isRetrieval() {
 			used, err := startValue(r, line, rest)
 			n += used
@@ -188,6 +179,24 @@ func parseTextReply(r *request, buf []byte) (n int, done bool, err error) {
 			return n, done, err
 		}
 	}
+}
+
+// cutLine returns the reply line at the start of buf without its CRLF,
+// and its size with the CRLF; size is 0 while the line is incomplete.
+func cutLine(buf []byte) (line []byte, size int, err error) {
+	i := bytes.IndexByte(buf, '\n')
+	if i < 0 && len(buf) <= maxTextLine {
+		return nil, 0, nil
+	}
+	if i < 0 || i > maxTextLine {
+		// Refused whether or not its end has arrived, so that the
+		// outcome does not depend on how the bytes were split.
+		return nil, 0, protocolError("reply line too long", buf[:64])
+	}
+	if i == 0 || buf[i-1] != '\r' {
+		return nil, 0, protocolError("reply line not ended by CRLF", buf[:i+1])
+	}
+	return buf[:i-1], i + 1, nil
 }
 
 var (
@@ -209,6 +218,13 @@ func startValue(r *request, line, rest []byte) (int, error) {
 	if !ok {
 		return 0, protocolError("VALUE for a key that was not requested", key)
 	}
+	return startBlock(r, index, flags, cas, size, rest)
+}
+
+// startBlock starts the data block of a value whose header announced
+// size bytes, and consumes as much of it as rest holds (the text and meta
+// parsers share it). It returns the bytes of rest it consumed.
+func startBlock(r *request, index int, flags uint32, cas uint64, size int, rest []byte) (int, error) {
 	if size > r.maxValue {
 		// Refused before allocating. The block is left unread, so the
 		// connection is discarded.
@@ -342,6 +358,9 @@ func finishLine(r *request, line []byte) (done bool, err error) {
 		// so they cannot be taken for the next request's reply.
 		return string(line) == "VERSION" || bytes.HasPrefix(line, []byte("VERSION ")), nil
 	}
+	if isErr, err := errorReply(r, line); isErr {
+		return true, err
+	}
 	switch {
 	case string(line) == "END":
 		switch {
@@ -357,6 +376,18 @@ func finishLine(r *request, line []byte) (done bool, err error) {
 	case bytes.HasPrefix(line, statPrefix) && r.op == opStats:
 		name, value, _ := bytes.Cut(line[len(statPrefix):], []byte{' '})
 		return false, r.addStat(name, value)
+	}
+	if err := expectedReply(r, line); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// errorReply maps memcached's error lines, the same in the text and meta
+// protocols, to the request's outcome. isErr is false for any other line;
+// err is errDiscardConn when the connection must not be reused.
+func errorReply(r *request, line []byte) (isErr bool, err error) {
+	switch {
 	case bytes.HasPrefix(line, []byte("SERVER_ERROR")):
 		r.err = &ServerError{Message: boundedMessage(bytes.TrimPrefix(line[len("SERVER_ERROR"):], []byte{' '}))}
 		if r.op == opGetMulti {
@@ -379,10 +410,7 @@ func finishLine(r *request, line []byte) (done bool, err error) {
 		r.err = &ServerError{Message: boundedMessage(line)}
 		return true, errDiscardConn
 	}
-	if err := expectedReply(r, line); err != nil {
-		return false, err
-	}
-	return true, nil
+	return false, nil
 }
 
 // expectedReply maps the one-line reply of a non-retrieval command to the

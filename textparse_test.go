@@ -115,6 +115,11 @@ func errString(err error) string {
 // appended. After every call the old buffer is scribbled over, so a parser
 // that kept a reference to consumed bytes produces a wrong value.
 func feed(r *request, chunks ...[]byte) outcome {
+	return feedWith(parseTextReply, r, chunks...)
+}
+
+// feedWith is feed for any reply parser.
+func feedWith(parse func(*request, []byte) (int, bool, error), r *request, chunks ...[]byte) outcome {
 	var o outcome
 	if r.op == opGetMulti && r.onValue == nil {
 		r.onValue = func(i int, v []byte) { o.Hits = append(o.Hits, hit{i, string(v)}) }
@@ -122,7 +127,7 @@ func feed(r *request, chunks ...[]byte) outcome {
 	var pending []byte
 	for _, c := range chunks {
 		pending = append(pending, c...)
-		n, done, err := parseTextReply(r, pending)
+		n, done, err := parse(r, pending)
 		if n < 0 || n > len(pending) {
 			o.Err = fmt.Sprintf("parser consumed %d of %d bytes", n, len(pending))
 			return o

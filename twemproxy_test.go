@@ -123,7 +123,7 @@ func (s *twemproxySetup) spread(t *testing.T, c *Client, prefix string, n int) [
 }
 
 // proxyDrivers are the drivers that speak the text protocol, the only one
-// twemproxy proxies for memcached.
+// twemproxy proxies for memcached (Binary and Meta: TestTwemproxyUnsupported).
 var proxyDrivers = []Protocol{Text, Ultra}
 
 // Every command twemproxy supports works through it, on both text drivers.
@@ -340,6 +340,39 @@ func TestTwemproxyUnsupported(t *testing.T) {
 			requireHardFault(t, err, name)
 			var ce *ConnError
 			assert.True(t, errors.As(err, &ce), "%s: %v is not a *ConnError", name, err)
+		}
+	})
+	t.Run("meta", func(t *testing.T) {
+		// nutcracker 0.5 knows no meta command: it closes the connection
+		// on the first one, and every operation fails at once with the
+		// fault, on a new connection each time.
+		c := newTestClient(t, s.proxy.Addr, Meta, Options{Timeout: 2 * time.Second, ConnectTimeout: 2 * time.Second, CacheCAS: true})
+		calls := map[string]func() error{
+			"Stats":    func() error { _, err := c.Stats(bg); return err },
+			"FlushAll": func() error { return c.FlushAll(bg) },
+			"negative TTL": func() error {
+				return c.Set(bg, "k", []byte("v"), -time.Second)
+			},
+		}
+		for _, op := range keyedOps {
+			calls[op.name] = func() error { return op.op(c, "k") }
+		}
+		for name, call := range calls {
+			err := guarded(t, call)
+			requireHardFault(t, err, name)
+			var ce *ConnError
+			assert.True(t, errors.As(err, &ce), "%s: %v is not a *ConnError", name, err)
+		}
+		// version is a text command on Meta too: twemproxy answers it.
+		v, err := c.Version(bg)
+		require.NoError(t, err)
+		assert.NotEmpty(t, v)
+		// A fire-and-forget write is not reported: twemproxy drops it
+		// with the connection, and nothing reaches a backend.
+		require.NoError(t, c.SetNoreply(bg, "nr", []byte("v"), 0))
+		for _, b := range s.backends {
+			_, _, found := rawGet(t, b.Addr, "nr")
+			assert.False(t, found, "a meta set reached a backend")
 		}
 	})
 }

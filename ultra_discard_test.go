@@ -42,14 +42,18 @@ func TestUltraDiscardedConnNotReused(t *testing.T) {
 // network connection" that the writer may see when the reader tears the
 // connection down under it.
 func TestUltraTimeoutReportedAsTimeout(t *testing.T) {
-	s := startMemcached(t)
-	for i := 0; i < 300; i++ {
-		c, err := New(s.Addr, Options{Protocol: Ultra, Timeout: time.Nanosecond})
-		require.NoError(t, err)
-		_, err = c.Get(bg, "k", nil)
-		c.Close()
-		var ce *ConnError
-		require.True(t, errors.As(err, &ce), "round %d: %v is not a *ConnError", i, err)
-		require.True(t, ce.Timeout(), "round %d: %v is not a timeout", i, err)
+	for _, proto := range pipelinedDrivers {
+		t.Run(proto.String(), func(t *testing.T) {
+			s := startMemcached(t)
+			for i := 0; i < 300; i++ {
+				c, err := New(s.Addr, Options{Protocol: proto, Timeout: time.Nanosecond})
+				require.NoError(t, err)
+				_, err = c.Get(bg, "k", nil)
+				c.Close()
+				var ce *ConnError
+				require.True(t, errors.As(err, &ce), "round %d: %v is not a *ConnError", i, err)
+				require.True(t, ce.Timeout(), "round %d: %v is not a timeout", i, err)
+			}
+		})
 	}
 }

@@ -33,59 +33,63 @@ func valueFor(key string, size int) []byte {
 // deadlines far too short or cancelled mid-flight. Every value any of them
 // reads must belong to the key it asked for.
 func TestUltraStressOwnership(t *testing.T) {
-	s := startMemcached(t)
-	c := newTestClient(t, s.Addr, Ultra, Options{Timeout: stressTimeout})
-	const keys = 50
-	for i := 0; i < keys; i++ {
-		k := fmt.Sprintf("own-%d", i)
-		if err := c.Set(bg, k, valueFor(k, 10+i*300), 0); err != nil {
-			t.Fatal(err)
-		}
-	}
-	var completed, abandoned atomic.Int64
-	var wg sync.WaitGroup
-	for g := 0; g < 48; g++ {
-		wg.Add(1)
-		go func(seed int64) {
-			defer wg.Done()
-			rng := rand.New(rand.NewSource(seed))
-			buf := make([]byte, 0, 32<<10)
-			for i := 0; i < 300; i++ {
-				k := fmt.Sprintf("own-%d", rng.Intn(keys))
-				ctx, cancel := context.Background(), context.CancelFunc(func() {})
-				switch rng.Intn(4) {
-				case 0:
-					ctx, cancel = context.WithTimeout(bg, time.Duration(rng.Intn(200))*time.Microsecond)
-				case 1:
-					ctx, cancel = context.WithCancel(bg)
-					go func(d time.Duration) { time.Sleep(d); cancel() }(time.Duration(rng.Intn(300)) * time.Microsecond)
-				}
-				err := randomOwnedOp(ctx, c, rng, k, keys, buf)
-				cancel()
-				switch {
-				case err == nil || errors.Is(err, ErrCacheMiss):
-					completed.Add(1)
-				case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
-					abandoned.Add(1)
-				default:
-					t.Errorf("%s: %v", k, err)
-					return
+	for _, proto := range pipelinedDrivers {
+		t.Run(proto.String(), func(t *testing.T) {
+			s := startMemcached(t)
+			c := newTestClient(t, s.Addr, proto, Options{Timeout: stressTimeout})
+			const keys = 50
+			for i := 0; i < keys; i++ {
+				k := fmt.Sprintf("own-%d", i)
+				if err := c.Set(bg, k, valueFor(k, 10+i*300), 0); err != nil {
+					t.Fatal(err)
 				}
 			}
-		}(int64(g))
-	}
-	wg.Wait()
-	t.Logf("completed %d, abandoned %d", completed.Load(), abandoned.Load())
-	if completed.Load() == 0 || abandoned.Load() == 0 {
-		t.Fatalf("the stress mix must both complete and abandon requests: %d / %d", completed.Load(), abandoned.Load())
-	}
-	// After all that, the connections still answer correctly.
-	for i := 0; i < keys; i++ {
-		k := fmt.Sprintf("own-%d", i)
-		v, err := c.Get(bg, k, nil)
-		if err == nil && !bytes.HasPrefix(v, []byte(k+"|")) {
-			t.Fatalf("%s: got value of %q", k, v[:min(len(v), 20)])
-		}
+			var completed, abandoned atomic.Int64
+			var wg sync.WaitGroup
+			for g := 0; g < 48; g++ {
+				wg.Add(1)
+				go func(seed int64) {
+					defer wg.Done()
+					rng := rand.New(rand.NewSource(seed))
+					buf := make([]byte, 0, 32<<10)
+					for i := 0; i < 300; i++ {
+						k := fmt.Sprintf("own-%d", rng.Intn(keys))
+						ctx, cancel := context.Background(), context.CancelFunc(func() {})
+						switch rng.Intn(4) {
+						case 0:
+							ctx, cancel = context.WithTimeout(bg, time.Duration(rng.Intn(200))*time.Microsecond)
+						case 1:
+							ctx, cancel = context.WithCancel(bg)
+							go func(d time.Duration) { time.Sleep(d); cancel() }(time.Duration(rng.Intn(300)) * time.Microsecond)
+						}
+						err := randomOwnedOp(ctx, c, rng, k, keys, buf)
+						cancel()
+						switch {
+						case err == nil || errors.Is(err, ErrCacheMiss):
+							completed.Add(1)
+						case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
+							abandoned.Add(1)
+						default:
+							t.Errorf("%s: %v", k, err)
+							return
+						}
+					}
+				}(int64(g))
+			}
+			wg.Wait()
+			t.Logf("completed %d, abandoned %d", completed.Load(), abandoned.Load())
+			if completed.Load() == 0 || abandoned.Load() == 0 {
+				t.Fatalf("the stress mix must both complete and abandon requests: %d / %d", completed.Load(), abandoned.Load())
+			}
+			// After all that, the connections still answer correctly.
+			for i := 0; i < keys; i++ {
+				k := fmt.Sprintf("own-%d", i)
+				v, err := c.Get(bg, k, nil)
+				if err == nil && !bytes.HasPrefix(v, []byte(k+"|")) {
+					t.Fatalf("%s: got value of %q", k, v[:min(len(v), 20)])
+				}
+			}
+		})
 	}
 }
 
@@ -125,49 +129,57 @@ func randomOwnedOp(ctx context.Context, c *Client, rng *rand.Rand, k string, key
 // an error reply; the fence keeps it from being read as the next request's
 // reply.
 func TestUltraNoreplyErrorFenced(t *testing.T) {
-	s := startMemcached(t, "-I", "1k", "-o", "slab_chunk_max=512")
-	c := newTestClient(t, s.Addr, Ultra, Options{})
-	if err := c.Set(bg, "fenced", []byte("mine"), 0); err != nil {
-		t.Fatal(err)
-	}
-	for i := 0; i < 20; i++ {
-		if err := c.SetNoreply(bg, "too-big", bytes.Repeat([]byte("x"), 4000), 0); err != nil {
-			t.Fatal(err)
-		}
-		v, err := c.Get(bg, "fenced", nil)
-		if err != nil || string(v) != "mine" {
-			t.Fatalf("after a refused noreply set, get = %q, %v", v, err)
-		}
-	}
-	if _, err := c.Get(bg, "too-big", nil); !errors.Is(err, ErrCacheMiss) {
-		t.Fatalf("the refused value must not be stored: %v", err)
+	for _, proto := range pipelinedDrivers {
+		t.Run(proto.String(), func(t *testing.T) {
+			s := startMemcached(t, "-I", "1k", "-o", "slab_chunk_max=512")
+			c := newTestClient(t, s.Addr, proto, Options{})
+			if err := c.Set(bg, "fenced", []byte("mine"), 0); err != nil {
+				t.Fatal(err)
+			}
+			for i := 0; i < 20; i++ {
+				if err := c.SetNoreply(bg, "too-big", bytes.Repeat([]byte("x"), 4000), 0); err != nil {
+					t.Fatal(err)
+				}
+				v, err := c.Get(bg, "fenced", nil)
+				if err != nil || string(v) != "mine" {
+					t.Fatalf("after a refused noreply set, get = %q, %v", v, err)
+				}
+			}
+			if _, err := c.Get(bg, "too-big", nil); !errors.Is(err, ErrCacheMiss) {
+				t.Fatalf("the refused value must not be stored: %v", err)
+			}
+		})
 	}
 }
 
 // TestUltraNoreplyStores: fire-and-forget writes land, in order, before
 // a later request on the same lane is answered.
 func TestUltraNoreplyStores(t *testing.T) {
-	s := startMemcached(t)
-	c, err := New(s.Addr, Options{Protocol: Ultra})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.drv.(*pipeDriver).lanes = c.drv.(*pipeDriver).lanes[:1] // one lane: ordering is defined
-	for i := 0; i < 100; i++ {
-		if err := c.SetNoreply(bg, "nr", []byte(fmt.Sprint(i)), 0); err != nil {
-			t.Fatal(err)
-		}
-	}
-	v, err := c.Get(bg, "nr", nil)
-	if err != nil || string(v) != "99" {
-		t.Fatalf("get after 100 noreply sets = %q, %v", v, err)
-	}
-	if err := c.DeleteNoreply(bg, "nr"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Get(bg, "nr", nil); !errors.Is(err, ErrCacheMiss) {
-		t.Fatalf("after DeleteNoreply: %v", err)
+	for _, proto := range pipelinedDrivers {
+		t.Run(proto.String(), func(t *testing.T) {
+			s := startMemcached(t)
+			c, err := New(s.Addr, Options{Protocol: proto})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.drv.(*pipeDriver).lanes = c.drv.(*pipeDriver).lanes[:1] // one lane: ordering is defined
+			for i := 0; i < 100; i++ {
+				if err := c.SetNoreply(bg, "nr", []byte(fmt.Sprint(i)), 0); err != nil {
+					t.Fatal(err)
+				}
+			}
+			v, err := c.Get(bg, "nr", nil)
+			if err != nil || string(v) != "99" {
+				t.Fatalf("get after 100 noreply sets = %q, %v", v, err)
+			}
+			if err := c.DeleteNoreply(bg, "nr"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.Get(bg, "nr", nil); !errors.Is(err, ErrCacheMiss) {
+				t.Fatalf("after DeleteNoreply: %v", err)
+			}
+		})
 	}
 }
 
@@ -175,53 +187,61 @@ func TestUltraNoreplyStores(t *testing.T) {
 // many goroutines at once, must neither deadlock against the server nor
 // mix values up.
 func TestUltraDeepPipeline(t *testing.T) {
-	s := startMemcached(t)
-	c := newTestClient(t, s.Addr, Ultra, Options{})
-	var wg sync.WaitGroup
-	for g := 0; g < 32; g++ {
-		wg.Add(1)
-		go func(g int) {
-			defer wg.Done()
-			for i := 0; i < 8; i++ {
-				k := fmt.Sprintf("deep-%d-%d", g, i)
-				if err := c.Set(bg, k, valueFor(k, 200_000), 0); err != nil {
-					t.Error(err)
-					return
-				}
-				v, err := c.Get(bg, k, nil)
-				if err != nil || !bytes.HasPrefix(v, []byte(k+"|")) || len(v) != 200_000 {
-					t.Errorf("%s: %d bytes, %v", k, len(v), err)
-					return
-				}
+	for _, proto := range pipelinedDrivers {
+		t.Run(proto.String(), func(t *testing.T) {
+			s := startMemcached(t)
+			c := newTestClient(t, s.Addr, proto, Options{})
+			var wg sync.WaitGroup
+			for g := 0; g < 32; g++ {
+				wg.Add(1)
+				go func(g int) {
+					defer wg.Done()
+					for i := 0; i < 8; i++ {
+						k := fmt.Sprintf("deep-%d-%d", g, i)
+						if err := c.Set(bg, k, valueFor(k, 200_000), 0); err != nil {
+							t.Error(err)
+							return
+						}
+						v, err := c.Get(bg, k, nil)
+						if err != nil || !bytes.HasPrefix(v, []byte(k+"|")) || len(v) != 200_000 {
+							t.Errorf("%s: %d bytes, %v", k, len(v), err)
+							return
+						}
+					}
+				}(g)
 			}
-		}(g)
+			wg.Wait()
+		})
 	}
-	wg.Wait()
 }
 
 // TestUltraStalledServer: a server that accepts and never answers. Every
 // request fails with a timeout within Timeout; none hangs, and the
 // connection is replaced.
 func TestUltraStalledServer(t *testing.T) {
-	addr, accepted := startSilentServer(t)
-	c := newTestClient(t, addr, Ultra, Options{Timeout: 100 * time.Millisecond})
-	c.drv.(*pipeDriver).lanes = c.drv.(*pipeDriver).lanes[:1]
-	var wg sync.WaitGroup
-	for g := 0; g < 8; g++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			_, err := c.Get(bg, "stalled", nil)
-			var ce *ConnError
-			if !errors.As(err, &ce) || !ce.Timeout() {
-				t.Errorf("want a timeout ConnError, got %v", err)
+	for _, proto := range pipelinedDrivers {
+		t.Run(proto.String(), func(t *testing.T) {
+			addr, accepted := startSilentServer(t)
+			c := newTestClient(t, addr, proto, Options{Timeout: 100 * time.Millisecond})
+			c.drv.(*pipeDriver).lanes = c.drv.(*pipeDriver).lanes[:1]
+			var wg sync.WaitGroup
+			for g := 0; g < 8; g++ {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					_, err := c.Get(bg, "stalled", nil)
+					var ce *ConnError
+					if !errors.As(err, &ce) || !ce.Timeout() {
+						t.Errorf("want a timeout ConnError, got %v", err)
+					}
+				}()
 			}
-		}()
-	}
-	wg.Wait()
-	_, _ = c.Get(bg, "stalled", nil)
-	if n := accepted.Load(); n < 2 {
-		t.Fatalf("a timed-out connection must be replaced: %d accepted", n)
+			wg.Wait()
+			_, _ = c.Get(bg, "stalled", nil)
+			if n := accepted.Load(); n < 2 {
+				t.Fatalf("a timed-out connection must be replaced: %d accepted", n)
+			}
+		})
 	}
 }
 
@@ -230,33 +250,37 @@ func TestUltraStalledServer(t *testing.T) {
 // *ConnError, never ErrClosed (they were sent); later calls fail with
 // ErrClosed.
 func TestUltraCloseInFlight(t *testing.T) {
-	addr, _ := startSilentServer(t)
-	c, err := New(addr, Options{Protocol: Ultra, Timeout: 300 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	errs := make(chan error, 16)
-	for g := 0; g < 16; g++ {
-		go func() {
-			_, err := c.Get(bg, "k", nil)
-			errs <- err
-		}()
-	}
-	time.Sleep(50 * time.Millisecond) // let them queue: not an assertion
-	c.Close()
-	for g := 0; g < 16; g++ {
-		select {
-		case err := <-errs:
-			var ce *ConnError
-			if !errors.As(err, &ce) || !ce.Timeout() || errors.Is(err, ErrClosed) {
-				t.Fatalf("a request sent before Close: %v, want the Timeout's *ConnError", err)
+	for _, proto := range pipelinedDrivers {
+		t.Run(proto.String(), func(t *testing.T) {
+			addr, _ := startSilentServer(t)
+			c, err := New(addr, Options{Protocol: proto, Timeout: 300 * time.Millisecond})
+			if err != nil {
+				t.Fatal(err)
 			}
-		case <-time.After(10 * time.Second): // hang guard only
-			t.Fatal("request still waiting after Close")
-		}
-	}
-	if _, err := c.Get(bg, "k", nil); !errors.Is(err, ErrClosed) {
-		t.Fatalf("after Close: %v", err)
+			errs := make(chan error, 16)
+			for g := 0; g < 16; g++ {
+				go func() {
+					_, err := c.Get(bg, "k", nil)
+					errs <- err
+				}()
+			}
+			time.Sleep(50 * time.Millisecond) // let them queue: not an assertion
+			c.Close()
+			for g := 0; g < 16; g++ {
+				select {
+				case err := <-errs:
+					var ce *ConnError
+					if !errors.As(err, &ce) || !ce.Timeout() || errors.Is(err, ErrClosed) {
+						t.Fatalf("a request sent before Close: %v, want the Timeout's *ConnError", err)
+					}
+				case <-time.After(10 * time.Second): // hang guard only
+					t.Fatal("request still waiting after Close")
+				}
+			}
+			if _, err := c.Get(bg, "k", nil); !errors.Is(err, ErrClosed) {
+				t.Fatalf("after Close: %v", err)
+			}
+		})
 	}
 }
 

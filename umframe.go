@@ -552,7 +552,7 @@ func (ln *lane) removePending(r *request) {
 // of its own, and is recycled by the reader.
 func newSink(r *request) *request {
 	s := getRequest()
-	s.op, s.key, s.maxValue, s.sentAt, s.wireLen = r.op, r.key, r.maxValue, r.sentAt, r.wireLen
+	s.op, s.key, s.maxValue, s.sentAt, s.wireLen, s.opaque = r.op, r.key, r.maxValue, r.sentAt, r.wireLen, r.opaque
 	s.keys = append([]string(nil), r.keys...)
 	s.sink, s.deferValues, s.where = true, true, atFlight
 	return s
