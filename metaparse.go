@@ -179,6 +179,12 @@ func appendMetaRequest(dst []byte, r *request) []byte {
 				dst = appendMetaFlag(dst, " T", r.exptime)
 			}
 		}
+		if r.cas != 0 {
+			// Only while the item's CAS id is still this one (EX
+			// otherwise): Fetch releasing its own lease and no newer item.
+			dst = append(dst, " C"...)
+			dst = strconv.AppendUint(dst, r.cas, 10)
+		}
 	case opFence:
 		// Answered once every command before it has answered, with a
 		// line that no quiet command's reply starts with.
@@ -523,7 +529,7 @@ func metaOutcome(r *request, rep *metaReply) bool {
 			return true
 		}
 	case metaEX:
-		if r.op == opCAS {
+		if r.op == opCAS || r.op == opDelete && r.cas != 0 {
 			r.err = ErrCASConflict
 			return true
 		}

@@ -66,6 +66,8 @@ func TestAppendMetaRequest(t *testing.T) {
 		{"delete base64 key", request{op: opDelete, key: "\x00", opaque: 7}, "md AA== b O7\r\n"},
 		{"invalidate", request{op: opDelete, key: "foo", exptime: 30, opaque: 7, meta: metaFields{invalidate: true}}, "md foo I T30 O7\r\n"},
 		{"invalidate keeping the TTL", request{op: opDelete, key: "foo", opaque: 7, meta: metaFields{invalidate: true}}, "md foo I O7\r\n"},
+		{"delete if the CAS id matches", request{op: opDelete, key: "foo", cas: 42, opaque: 7}, "md foo C42 O7\r\n"},
+		{"invalidate if the CAS id matches", request{op: opDelete, key: "foo", cas: math.MaxUint64, opaque: 7, meta: metaFields{invalidate: true}}, "md foo I C18446744073709551615 O7\r\n"},
 		{"get with stampede flags", request{op: opGets, key: "k", opaque: 7, meta: metaFields{vivify: 10, recache: 30, wantTTL: true}}, "mg k v f c N10 R30 t O7\r\n"},
 		{"fence", request{op: opFence, opaque: 7}, "mn\r\n"},
 		{"flush_all", request{op: opFlushAll, opaque: 7}, "flush_all\r\n"},
@@ -308,6 +310,9 @@ func TestParseMetaReplyKinds(t *testing.T) {
 		{"delete NF", newMetaReq(opDelete, "foo", 7), "NF O7\r\n", outcomeIs(ErrCacheMiss)},
 		{"delete EN", newMetaReq(opDelete, "foo", 7), "EN O7\r\n", protocol},
 		{"delete NS", newMetaReq(opDelete, "foo", 7), "NS O7\r\n", protocol},
+		{"delete EX without a CAS id", newMetaReq(opDelete, "foo", 7), "EX O7\r\n", protocol},
+		{"delete with a CAS id EX", func() *request { r := newMetaReq(opDelete, "foo", 7)(); r.cas = 42; return r }, "EX O7\r\n", outcomeIs(ErrCASConflict)},
+		{"delete with a CAS id HD", func() *request { r := newMetaReq(opDelete, "foo", 7)(); r.cas = 42; return r }, "HD O7\r\n", ok},
 
 		// Text commands on the same connection.
 		{"flush_all OK", newMetaReq(opFlushAll, "", 7), "OK\r\n", ok},
