@@ -9,8 +9,13 @@ import (
 
 // Fetch: a read-through cache that runs one load at a time per key. Within
 // a client, callers of a key that is being loaded wait for that load
-// (fetchtable.go). It runs above the driver interface: each step is an
-// ordinary request.
+// (fetchtable.go). Across processes, on Meta, memcached hands out the
+// right to load (a lease): a read with N<lease TTL> that misses creates an
+// empty placeholder item and returns W to this caller alone, Z to the
+// others; an item marked stale (md I) or near its end (R<secs>) returns W
+// once and Z X (or Z) with its value to the others. Fetch runs above the
+// driver interface: each step is an ordinary request, its flags in
+// request.meta.
 
 // DefaultLeaseTTL is FetchOptions.LeaseTTL's default.
 const DefaultLeaseTTL = 10 * time.Second
@@ -26,14 +31,18 @@ type FetchOptions struct {
 type fetchState uint8
 
 const (
-	fetchHit  fetchState = iota // a value to return
-	fetchMiss                   // no value: load, then store it unless one appeared meanwhile
+	fetchHit  fetchState = iota // a value to return: current, or stale while another caller reloads it
+	fetchMiss                   // no value and no lease: load, then store it unless one appeared meanwhile
+	fetchWon                    // Meta: this caller holds the lease: load, then store with its CAS id
+	fetchWait                   // Meta: another caller holds the lease on a missing value
 )
 
-// lease is what a read that makes its caller the loader holds: the CAS id
-// to store with.
+// lease is what a read that made its caller the loader holds (Meta): the
+// CAS id to store with, and whether it is on an empty placeholder the miss
+// created, rather than on a stale or expiring value.
 type lease struct {
-	cas uint64
+	cas         uint64
+	placeholder bool
 }
 
 // Fetch returns the value of key appended to dst, loading it with load when
@@ -71,18 +80,40 @@ func (c *Client) Fetch(ctx context.Context, key string, dst []byte, opts FetchOp
 	return c.fetchSlow(ctx, key, dst, opts, load, st, ls)
 }
 
-// fetchRead reads key once, appending a value to return to dst.
+// fetchRead reads key once, appending a value to return to dst. On Meta
+// it asks for a lease: N (a miss creates a placeholder and wins) and R
+// (a hit with less TTL left than RefreshBefore wins a reload).
 func (c *Client) fetchRead(ctx context.Context, key string, dst []byte, opts FetchOptions) ([]byte, fetchState, lease, error) {
 	r := getRequest()
 	r.op, r.key, r.dst = opGet, key, dst
+	leases := c.opts.Protocol == Meta
+	if leases {
+		r.op = opGets // the CAS id to store with
+		r.meta.vivify = exptime(opts.LeaseTTL)
+		if opts.RefreshBefore > 0 {
+			r.meta.recache = exptime(opts.RefreshBefore)
+		}
+	}
 	err := c.do(ctx, r)
-	v := r.dst
+	v, flags, ls, m := r.dst, r.resFlags, lease{cas: r.resCAS}, r.meta
 	putRequest(r)
 	if err != nil {
 		if err = c.hideFault(err, ErrCacheMiss); errors.Is(err, ErrCacheMiss) {
 			return dst, fetchMiss, lease{}, nil
 		}
 		return dst, fetchHit, lease{}, err
+	}
+	// memcached's placeholder is an empty value with flags 0. A stored
+	// empty value looks the same: while its reload is out, its other
+	// readers wait for the reload instead of returning it at once.
+	ls.placeholder = len(v) == len(dst) && flags == 0
+	switch {
+	case !leases:
+		return v, fetchHit, lease{}, nil
+	case m.win:
+		return dst, fetchWon, ls, nil
+	case m.winTaken && ls.placeholder:
+		return dst, fetchWait, lease{}, nil
 	}
 	return v, fetchHit, lease{}, nil
 }
@@ -92,9 +123,15 @@ func (c *Client) fetchRead(ctx context.Context, key string, dst []byte, opts Fet
 func (c *Client) fetchSlow(ctx context.Context, key string, dst []byte, opts FetchOptions,
 	load func(context.Context, []byte) ([]byte, error), st fetchState, ls lease) ([]byte, error) {
 	for {
+		if st == fetchWon {
+			// This caller loads whatever else happens in the client;
+			// its callers wait for it unless one already waits on the
+			// server, which will read what this load stores.
+			return c.fetchLoad(ctx, key, dst, opts, load, c.fetches.lead(key), st, ls)
+		}
 		f, leader := c.fetches.join(key)
 		if leader {
-			return c.fetchLead(ctx, key, dst, opts, load, f)
+			return c.fetchLead(ctx, key, dst, opts, load, f, st)
 		}
 		v, again, err := c.fetches.wait(ctx, key, f, dst)
 		if !again {
@@ -109,30 +146,47 @@ func (c *Client) fetchSlow(ctx context.Context, key string, dst []byte, opts Fet
 	}
 }
 
-// fetchLead obtains key for the callers waiting on f: it reads again,
-// since a load may have been stored since this caller's first read (a
-// leader that just finished), and loads when it still has to.
+// fetchLead obtains key for the callers waiting on f. After a miss it
+// reads again at once, since a load may have been stored since this
+// caller's first read (a leader that just finished); while another
+// process holds the lease it reads again at a growing pace (fetchPoll)
+// until the value is there, or the lease ends and this caller wins one.
 func (c *Client) fetchLead(ctx context.Context, key string, dst []byte, opts FetchOptions,
-	load func(context.Context, []byte) ([]byte, error), f *fetchCall) ([]byte, error) {
-	v, st, ls, err := c.fetchRead(ctx, key, dst, opts)
-	switch {
-	case err != nil:
-		c.fetches.finish(key, f, nil, err, ctxEnded(ctx))
-		return dst, err
-	case st == fetchHit:
-		c.fetches.finish(key, f, v[len(dst):], nil, false)
-		return v, nil
+	load func(context.Context, []byte) ([]byte, error), f *fetchCall, st fetchState) ([]byte, error) {
+	var poll fetchPoll
+	defer poll.stop()
+	for {
+		if st == fetchWait {
+			if err := poll.sleep(ctx); err != nil {
+				err = fetchWaitError(key, err)
+				c.fetches.finish(key, f, nil, err, true)
+				return dst, err
+			}
+		}
+		v, next, ls, err := c.fetchRead(ctx, key, dst, opts)
+		switch {
+		case err != nil:
+			c.fetches.finish(key, f, nil, err, ctxEnded(ctx))
+			return dst, err
+		case next == fetchHit:
+			c.fetches.finish(key, f, v[len(dst):], nil, false)
+			return v, nil
+		case next == fetchWait:
+			st = next
+			continue
+		}
+		return c.fetchLoad(ctx, key, dst, opts, load, f, next, ls)
 	}
-	return c.fetchLoad(ctx, key, dst, opts, load, f, st, ls)
 }
 
 // fetchLoad runs load, stores its value, and finishes f (nil: no one can
-// wait for this load).
+// wait for this load). A lease it cannot store under is released at once.
 func (c *Client) fetchLoad(ctx context.Context, key string, dst []byte, opts FetchOptions,
 	load func(context.Context, []byte) ([]byte, error), f *fetchCall, st fetchState, ls lease) ([]byte, error) {
 	loaded := false
 	defer func() {
 		if !loaded { // load panicked: release the key, then panic on
+			c.fetchRelease(ctx, key, st, ls)
 			c.fetches.finish(key, f, nil, errLoadPanicked, false)
 		}
 	}()
@@ -142,30 +196,71 @@ func (c *Client) fetchLoad(ctx context.Context, key string, dst []byte, opts Fet
 		err = fmt.Errorf("ermc: fetch %s: the loader returned %d bytes, less than the %d of dst it must append to", quoteBounded([]byte(key)), len(v), len(dst))
 	}
 	if err != nil {
+		c.fetchRelease(ctx, key, st, ls)
 		c.fetches.finish(key, f, nil, err, ctxEnded(ctx))
 		return dst, err
 	}
 	value := v[len(dst):]
-	err = c.fetchStore(ctx, key, value, opts, st, ls)
+	if err = c.fetchStore(ctx, key, value, opts, st, ls); err != nil {
+		c.fetchRelease(ctx, key, st, ls)
+	}
 	c.fetches.finish(key, f, value, nil, false)
 	return v, err
 }
 
 // fetchStore stores a loaded value unless another was stored since the
-// read that made this caller load: an add after a miss. Losing that race
-// is no error: the caller still gets the value it loaded.
+// read that made this caller load: with the lease's CAS id (Meta), else
+// an add after a miss. Losing that race is no error: the caller still gets
+// the value it loaded.
 func (c *Client) fetchStore(ctx context.Context, key string, value []byte, opts FetchOptions, st fetchState, ls lease) error {
-	err := c.store(ctx, opAdd, key, value, 0, opts.TTL, 0)
+	var err error
+	if st == fetchWon {
+		err = c.store(ctx, opCAS, key, value, 0, opts.TTL, ls.cas)
+	} else {
+		err = c.store(ctx, opAdd, key, value, 0, opts.TTL, 0)
+	}
 	if errors.Is(err, ErrNotStored) || errors.Is(err, ErrCASConflict) || errors.Is(err, ErrCacheMiss) {
 		return nil
 	}
 	return err
 }
 
+// fetchRelease gives up a lease without storing, so that the next Fetch
+// in any process wins it at once instead of after LeaseTTL: a placeholder
+// is deleted, a stale or expiring value marked stale again (readers keep
+// it, the next one reloads). Each only while the item's CAS id is still
+// the lease's, so nothing stored since is touched. Best effort, even when
+// ctx has ended: if it fails, the lease ends with its TTL.
+func (c *Client) fetchRelease(ctx context.Context, key string, st fetchState, ls lease) {
+	if st != fetchWon {
+		return
+	}
+	r := getRequest()
+	r.op, r.key, r.cas = opDelete, key, ls.cas
+	r.meta.invalidate = !ls.placeholder
+	_ = c.do(context.WithoutCancel(ctx), r)
+	putRequest(r)
+}
+
 // Invalidate marks key stale. On Meta (md I T) the item stays readable: the
 // next Fetch reloads it while every other Fetch keeps getting the stale
 // value, for at most staleTTL. On the other drivers it deletes key.
 // ErrCacheMiss if absent.
+//
+// staleTTL 0 keeps the item's remaining TTL. If the Fetch that reloads an
+// invalidated key never stores (its process dies), the stale value is
+// served until staleTTL ends; then the next Fetch loads.
 func (c *Client) Invalidate(ctx context.Context, key string, staleTTL time.Duration) error {
-	return c.Delete(ctx, key)
+	if c.opts.Protocol != Meta {
+		return c.Delete(ctx, key)
+	}
+	if err := c.checkKey(key); err != nil {
+		return err
+	}
+	r := getRequest()
+	r.op, r.key, r.exptime = opDelete, key, exptime(staleTTL)
+	r.meta.invalidate = true
+	err := c.do(ctx, r)
+	putRequest(r)
+	return c.hideFault(err, ErrCacheMiss)
 }
