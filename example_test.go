@@ -337,7 +337,8 @@ func TestWalkthroughExampleOutput(t *testing.T) {
 
 // ExampleClient_Fetch reads through the cache: the first Fetch loads the
 // value and stores it, the next ones hit; after Invalidate one Fetch
-// reloads. Concurrent Fetches of the key would share one load.
+// reloads. Concurrent Fetches of the key would share one load: on Meta,
+// across every process using the same memcached.
 func ExampleClient_Fetch() {
 	addr, stop, err := exampleMemcached()
 	if err != nil {
@@ -345,7 +346,7 @@ func ExampleClient_Fetch() {
 		return
 	}
 	defer stop()
-	c, err := New(addr, Options{})
+	c, err := New(addr, Options{Protocol: Meta})
 	if err != nil {
 		fmt.Println(err)
 		return

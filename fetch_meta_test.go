@@ -274,3 +274,31 @@ func TestFetchMetaInvalidate(t *testing.T) {
 	require.Equal(t, "v1", string(v))
 	eventuallyMiss(t, c, "fm:inv", 5*time.Second)
 }
+
+// TestFetchMetaLeaseSideEffects pins the two consequences of memcached's
+// leases the README states: Get reads a placeholder as an empty value, and
+// a meta Get of an invalidated item takes its reload turn, so the Fetch
+// after it returns the stale value without loading.
+func TestFetchMetaLeaseSideEffects(t *testing.T) {
+	s := startMemcached(t)
+	c := newTestClient(t, s.Addr, Meta, Options{})
+	l := &testLoader{value: "v", started: make(chan struct{}, 2), release: make(chan struct{})}
+	holder := fetchAsync(bg, c, "fm:placeholder", FetchOptions{}, l.load)
+	awaitLoad(t, l)
+	for _, proto := range []Protocol{Meta, Text} {
+		v, err := newTestClient(t, s.Addr, proto, Options{}).Get(bg, "fm:placeholder", nil)
+		require.NoError(t, err, proto.String())
+		require.Empty(t, v, proto.String())
+	}
+	close(l.release)
+	require.NoError(t, receive(t, holder).err)
+
+	mustSet(t, c, "fm:stolen", "old")
+	require.NoError(t, c.Invalidate(bg, "fm:stolen", time.Minute))
+	_, err := c.Get(bg, "fm:stolen", nil)
+	require.NoError(t, err)
+	v, err := c.Fetch(bg, "fm:stolen", nil, FetchOptions{}, l.load)
+	require.NoError(t, err)
+	require.Equal(t, "old", string(v))
+	require.EqualValues(t, 1, l.loads.Load(), "the Get took the reload")
+}

@@ -71,6 +71,8 @@ type stampedeClient struct {
 var stampedeClients = []stampedeClient{
 	{"gomemcache", "Get; on ErrCacheMiss load, then Set", openGomemcacheStampede},
 	{"ermc-text", "Fetch on the Text driver", openErmcStampede(ermc.Text)},
+	{"ermc-ultra", "Fetch on the Ultra driver (pipelined, like Meta; no leases)", openErmcStampede(ermc.Ultra)},
+	{"ermc-meta", "Fetch on the Meta driver", openErmcStampede(ermc.Meta)},
 }
 
 // StampedeClients names the clients the scenario compares.
