@@ -10,7 +10,7 @@ import (
 	"time"
 )
 
-// DESIGN.md: zero allocations on the hot path. Each steady-state operation
+// Zero allocations on the hot path (README). Each steady-state operation
 // of every wire driver against a real memcached must allocate nothing with
 // context.Background(). (The race detector allocates, hence the build tag.)
 

@@ -154,8 +154,13 @@ func (c *Client) Connect(ctx context.Context) error {
 	return c.drv.connect(ctx)
 }
 
-// Close closes idle connections and makes every later call fail with
-// ErrClosed. Requests in flight finish; their connections are then closed.
+// Close makes every later call fail with ErrClosed and closes the
+// client's connections: on Text and Binary idle ones at once and busy ones
+// when their request is done; on Ultra all at once, failing with ErrClosed
+// the requests queued but not yet written. ErrClosed always means the
+// request was not sent: a request already written ends with its real
+// outcome, or with a *ConnError when Close cut its reply short. Close
+// returns nil; calling it again does nothing.
 func (c *Client) Close() error {
 	if c.closed.Swap(true) {
 		return nil
