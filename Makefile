@@ -4,6 +4,7 @@
 GO               ?= go
 FUZZTIME         ?= 30s
 FUZZMINTIME      ?= 3s
+FUZZBOUND        ?=
 FUZZ_SMOKE_EXECS ?= 20000x
 SERVERS          := memcached nutcracker saslpasswd2
 APT_PKGS         := memcached nutcracker sasl2-bin libsasl2-modules
@@ -56,7 +57,8 @@ profile: deps
 fuzz:
 	@set -e; for t in $$($(GO) test -list '^Fuzz' . | grep '^Fuzz'); do \
 		echo "== $$t ($(FUZZTIME))"; \
-		$(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINTIME) .; \
+		$(FUZZBOUND) $(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINTIME) . || \
+			{ rc=$$?; echo "== $$t FAILED (exit status $$rc; 124: ran past FUZZBOUND)"; exit 1; }; \
 	done
 
 # fuzz-smoke: every Fuzz target for FUZZ_SMOKE_EXECS executions (a few
@@ -64,6 +66,9 @@ fuzz:
 # duration, Go 1.26's fuzzing coordinator can fail a clean run with
 # "context deadline exceeded" at the deadline (golang/go#75804, fixed in
 # Go 1.27); a count sets no deadline, so only a real finding fails.
+# go test sets no -timeout while fuzzing, so each run is bounded from
+# outside: one that takes 5 minutes (a few seconds is the norm) is a hang.
 .PHONY: fuzz-smoke
 fuzz-smoke:
-	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(FUZZ_SMOKE_EXECS) FUZZMINTIME=1000x
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(FUZZ_SMOKE_EXECS) FUZZMINTIME=1000x \
+		FUZZBOUND="timeout -k 30 300"
