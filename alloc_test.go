@@ -10,7 +10,7 @@ import (
 	"time"
 )
 
-// DESIGN.md: zero allocations on the hot path. Each steady-state operation
+// Zero allocations on the hot path (README). Each steady-state operation
 // of every wire driver against a real memcached must allocate nothing with
 // context.Background(). (The race detector allocates, hence the build tag.)
 
@@ -81,6 +81,31 @@ func TestAllocs(t *testing.T) {
 	for _, proto := range wireDrivers {
 		t.Run(proto.String(), func(t *testing.T) {
 			testAllocs(t, newTestClient(t, s.Addr, proto, Options{}))
+		})
+	}
+}
+
+// TestAllocsCacheCAS: with CacheCAS, Gets of a key whose id is already
+// remembered allocates nothing either.
+func TestAllocsCacheCAS(t *testing.T) {
+	s := startMemcached(t)
+	for _, proto := range wireDrivers {
+		t.Run(proto.String(), func(t *testing.T) {
+			c := newTestClient(t, s.Addr, proto, Options{CacheCAS: true})
+			mustSet(t, c, "alloc:gets", "v")
+			buf := make([]byte, 0, 64)
+			var err error
+			allocs := testing.AllocsPerRun(200, func() {
+				if _, _, e := c.Gets(bg, "alloc:gets", buf[:0]); e != nil && err == nil {
+					err = e
+				}
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if allocs != 0 {
+				t.Errorf("Gets with CacheCAS allocates %v times per op; want 0", allocs)
+			}
 		})
 	}
 }

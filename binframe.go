@@ -7,7 +7,9 @@ import (
 	"math"
 )
 
-// Binary protocol (specs/memcached-protocol-binary.txt): the 24-byte frame
+// Binary protocol (memcached's binary protocol, as the Internet-Draft
+// draft-stone-memcache-binary-01 "Memcache Binary Protocol" specifies it;
+// section numbers in the tests are the draft's): the 24-byte frame
 // header, opcodes, status codes, request encoders and a resumable reply
 // parser. Everything here is pure: bytes in, bytes or results out, no I/O,
 // and no allocation on the success paths.

@@ -117,7 +117,7 @@ func TestBinaryHeaderRoundTrip(t *testing.T) {
 	}
 }
 
-// The examples of the spec, byte for byte.
+// The examples of the spec (draft-stone-memcache-binary-01), byte for byte.
 func TestBinarySpecExamples(t *testing.T) {
 	// 4.2.1: get request for "Hello".
 	get := appendBinRequestHeader(nil, binGet, 0, 5, 0, 0, 0)

@@ -8,10 +8,7 @@ import (
 // Pooled byte buffers for transient encodings (compressed values, typed
 // values). Pools are kept by size class, powers of two from 1 KiB, so a
 // 16 KiB compression buffer is reused however many small buffers the
-// process also uses. (bytebufferpool, tried first, calibrates one size for
-// all callers and then drops larger buffers: measured by
-// TestAllocsAfterPoolCalibration, a compressed 15 KiB Set among small ones
-// went from 0 to 3 allocations once it had calibrated.)
+// process also uses (TestAllocsAfterPoolCalibration).
 
 const (
 	minBufferShift = 10 // smallest class: 1 KiB

@@ -61,6 +61,7 @@ type Options struct {
 	CompressThreshold int           // 0: never; else lz4 values longer than this, kept only if smaller
 	Nagle             bool          // default false: TCP_NODELAY on
 	CacheCAS          bool          // Gets remembers CAS ids; CAS uses them
+	CASCacheSize      int           // ids CacheCAS keeps, oldest unused forgotten first; default 100_000; negative: no limit
 	ErrorAsMiss       bool          // connectivity faults read as misses / not-stored
 	MaxConns          int           // connections per client; default 8
 	DialContext       func(ctx context.Context, network, addr string) (net.Conn, error)
@@ -77,6 +78,7 @@ const (
 	DefaultMaxKeyLength   = 250
 	DefaultMaxValueLength = 1_000_000
 	DefaultMaxConns       = 8
+	DefaultCASCacheSize   = 100_000
 )
 
 func (o *Options) applyDefaults() {
@@ -94,6 +96,9 @@ func (o *Options) applyDefaults() {
 	}
 	if o.MaxConns <= 0 {
 		o.MaxConns = DefaultMaxConns
+	}
+	if o.CASCacheSize == 0 {
+		o.CASCacheSize = DefaultCASCacheSize
 	}
 	if o.Codec == nil {
 		o.Codec = JSONCodec{}
@@ -127,6 +132,7 @@ type Client struct {
 func New(addr string, opts Options) (*Client, error) {
 	opts.applyDefaults()
 	c := &Client{opts: opts, addr: addr}
+	c.cas.max = max(opts.CASCacheSize, 0)
 	if opts.Protocol != Noop && addr == "" {
 		return nil, fmt.Errorf("ermc: empty server address")
 	}
@@ -159,8 +165,13 @@ func (c *Client) Connect(ctx context.Context) error {
 	return c.drv.connect(ctx)
 }
 
-// Close closes idle connections and makes every later call fail with
-// ErrClosed. Requests in flight finish; their connections are then closed.
+// Close makes every later call fail with ErrClosed and closes the
+// client's connections: on Text and Binary idle ones at once and busy ones
+// when their request is done; on Ultra all at once, failing with ErrClosed
+// the requests queued but not yet written. ErrClosed always means the
+// request was not sent: a request already written ends with its real
+// outcome, or with a *ConnError when Close cut its reply short. Close
+// returns nil; calling it again does nothing.
 func (c *Client) Close() error {
 	if c.closed.Swap(true) {
 		return nil
@@ -308,7 +319,8 @@ func (c *Client) CompareAndSwap(ctx context.Context, key string, value []byte, c
 
 // CAS is CompareAndSwap with the id that Gets remembered for key (with
 // CacheCAS). The id is kept, so a second CAS with it fails with
-// ErrCASConflict. With no id remembered, CAS is a plain Set.
+// ErrCASConflict. With no id remembered (never read, reset, or forgotten
+// beyond CASCacheSize), CAS is a plain Set.
 func (c *Client) CAS(ctx context.Context, key string, value []byte, ttl time.Duration) error {
 	if id, ok := c.cas.get(key); ok {
 		return c.store(ctx, opCAS, key, value, 0, ttl, id)

@@ -1,71 +1,26 @@
 package ermc
 
-import (
-	"sync/atomic"
-	"time"
-)
+import "time"
 
-// A coarse wall clock for deadlines. Reading the system clock costs tens
-// of nanoseconds, and setting a connection deadline reads it again; a
-// request deadline needs millisecond precision, not two clock reads per
-// request. One goroutine advances the clock every clockTick while it is in
-// use and stops after clockIdle without a reader; the next reader starts
-// it again.
+// Deadlines come from the real clock, rounded up to the next
+// deadlineGrain: a connection's deadline then moves at most once per
+// grain, so the requests within one skip the SetDeadline call (netConn
+// caches what it set last), and no deadline is ever earlier than asked.
+// (A coarse clock advanced by a goroutine is cheaper to read, but it lags
+// whenever the process has more runnable goroutines than CPUs, and a
+// lagging clock makes every deadline early: timeouts that did not happen.)
+const deadlineGrain = time.Millisecond
 
-const (
-	clockTick = time.Millisecond
-	clockIdle = time.Second
-)
-
-type coarseClock struct {
-	nanos   atomic.Int64 // wall time in Unix nanoseconds; 0 while stopped
-	used    atomic.Bool  // read since the last tick
-	running atomic.Bool
-}
-
-var clock coarseClock
-
-// now returns the time to within clockTick, never ahead of the real time.
-func (c *coarseClock) now() time.Time {
-	if !c.used.Load() {
-		c.used.Store(true)
-	}
-	if n := c.nanos.Load(); n != 0 {
-		return time.Unix(0, n)
-	}
-	c.start()
-	return time.Now()
-}
-
-func (c *coarseClock) start() {
-	if !c.running.CompareAndSwap(false, true) {
-		return
-	}
-	c.nanos.Store(time.Now().UnixNano())
-	go c.run()
-}
-
-func (c *coarseClock) run() {
-	t := time.NewTicker(clockTick)
-	defer t.Stop()
-	idle := 0
-	for range t.C {
-		if c.used.Swap(false) {
-			idle = 0
-		} else if idle++; time.Duration(idle)*clockTick >= clockIdle {
-			c.nanos.Store(0)
-			c.running.Store(false)
-			return
-		}
-		c.nanos.Store(time.Now().UnixNano())
-	}
-}
-
-// deadlineAfter is the deadline d from now on the coarse clock; zero (no
-// deadline) when d is not positive.
+// deadlineAfter is the deadline d from now; zero (no deadline) when d is
+// not positive.
 func deadlineAfter(d time.Duration) time.Time {
 	if d <= 0 {
 		return time.Time{}
 	}
-	return clock.now().Add(d)
+	return deadlineFrom(time.Now(), d)
+}
+
+// deadlineFrom is the deadline d after t, rounded up to the grain.
+func deadlineFrom(t time.Time, d time.Duration) time.Time {
+	return t.Add(d + deadlineGrain - 1).Truncate(deadlineGrain)
 }

@@ -26,7 +26,7 @@ import (
 )
 
 // The conformance suite: every public operation and every error mapping of
-// DESIGN.md, run unchanged on every wire driver. Nothing here looks at which
+// the README, run unchanged on every wire driver. Nothing here looks at which
 // driver runs: a case that passes on Text must pass on Binary and Ultra.
 //
 // One memcached per driver serves the table's cases; each case works under
@@ -983,8 +983,8 @@ var conformanceCases = []confCase{
 		_, err = c.Get(bg, ks, nil)
 		require.ErrorIs(t, err, ErrCorruptValue)
 
-		// A declared length over MaxValueLength is a corrupt value (DESIGN:
-		// "a corrupt value, not an allocation").
+		// A declared length over MaxValueLength is a corrupt value, never
+		// an allocation of that length.
 		kl := e.key("huge")
 		rawSet(t, e.srv.Addr, kl, FlagCompressed, []byte{0xff, 0xff, 0xff, 0x7f, 0x00})
 		_, err = c.Get(bg, kl, nil)

@@ -75,7 +75,7 @@ type netConn struct {
 	got        int // bytes read since the last resetGot
 	wbuf       []byte
 	// The deadlines last given to nc: a request whose deadline did not
-	// move (same coarse clock tick) skips the call.
+	// move (same deadlineGrain) skips the call.
 	readDL, writeDL time.Time
 	abort           func() // method value made once: interrupts a large write
 }
@@ -151,18 +151,19 @@ func soonest(due time.Time, ctx context.Context) time.Time {
 func (c *netConn) read(ctx context.Context, p []byte, due time.Time) (int, error) {
 	ctxDL, hasCtxDL := ctx.Deadline()
 	poll := ctx.Done() != nil
-	// The first slice starts on the coarse clock, so that the deadline
-	// moves once per tick, not per request; once a slice has run out, the
-	// next starts from the real time, so a lagging clock cannot make a
-	// slice that has already ended.
-	from := clock.now()
+	var now time.Time
+	if poll {
+		now = time.Now()
+	}
 	for {
 		dl := due
 		if hasCtxDL && (dl.IsZero() || ctxDL.Before(dl)) {
 			dl = ctxDL
 		}
-		if slice := from.Add(cancelPoll); poll && (dl.IsZero() || slice.Before(dl)) {
-			dl = slice
+		if poll {
+			if slice := deadlineFrom(now, cancelPoll); dl.IsZero() || slice.Before(dl) {
+				dl = slice
+			}
 		}
 		if err := c.setReadDeadline(dl); err != nil {
 			return 0, &ConnError{Op: "read", Addr: c.addr, Err: err}
@@ -175,11 +176,11 @@ func (c *netConn) read(ctx context.Context, p []byte, due time.Time) (int, error
 		if !errors.Is(err, os.ErrDeadlineExceeded) {
 			return 0, &ConnError{Op: "read", Addr: c.addr, Err: err}
 		}
-		from = time.Now()
-		if ctx.Err() != nil || (hasCtxDL && !from.Before(ctxDL)) {
+		now = time.Now()
+		if ctx.Err() != nil || (hasCtxDL && !now.Before(ctxDL)) {
 			return 0, errCtxDone
 		}
-		if !due.IsZero() && !from.Before(due) {
+		if !due.IsZero() && !now.Before(due) {
 			return 0, &ConnError{Op: "read", Addr: c.addr, Err: err}
 		}
 		// A polling slice ran out: read on.
@@ -239,8 +240,8 @@ func newConn(nc net.Conn, d *dialer) *conn {
 	return &conn{netConn: newNetConn(nc, d.addr), d: d}
 }
 
-// deadline is when the request now starting must be done by: Timeout on
-// the coarse clock (zero: none).
+// deadline is when the request now starting must be done by: Timeout
+// from now (zero: none).
 func (cn *conn) deadline() time.Time { return deadlineAfter(cn.d.opts.Timeout) }
 
 // roundTrip sends r and reads its reply. A nil error means the connection

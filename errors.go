@@ -25,7 +25,8 @@ var (
 	// ErrValueTooLarge: a value is longer than MaxValueLength, on the way out
 	// (checked before sending) or on the way in (refused before allocating).
 	ErrValueTooLarge = errors.New("ermc: value too large")
-	// ErrClosed: the client was closed.
+	// ErrClosed: the client was closed, and the request was not sent.
+	// A request already written when Close ran never ends with ErrClosed.
 	ErrClosed = errors.New("ermc: client closed")
 	// ErrNonNumeric: incr or decr on a value that is not a decimal number.
 	ErrNonNumeric = errors.New("ermc: incr/decr on non-numeric value")
@@ -37,7 +38,8 @@ var (
 	// ErrProtocol: the server sent bytes that are not a valid reply to the
 	// request. The connection is discarded.
 	ErrProtocol = errors.New("ermc: protocol error")
-	// ErrNotSupported: the driver or server cannot do this operation.
+	// ErrNotSupported: New was given a Protocol this package does not
+	// have.
 	ErrNotSupported = errors.New("ermc: operation not supported")
 )
 
@@ -45,8 +47,12 @@ var (
 // carries, so a hostile server cannot grow error strings without bound.
 const maxMessageInError = 128
 
-// ServerError is a SERVER_ERROR reply (or the bare ERROR reply): the server
-// could not carry out a well-formed command. The connection stays usable.
+// ServerError is a SERVER_ERROR reply, or an ERROR reply (a command the
+// server does not know, or memcached's "ERROR Too many open connections"):
+// the server did not carry out the command. After SERVER_ERROR the
+// connection is kept, unless it cut a multi-get short; after ERROR it is
+// discarded. On Binary, such a text line is an ErrProtocol that wraps a
+// ServerError.
 type ServerError struct {
 	Message string
 }
@@ -96,7 +102,16 @@ func (e *StatusError) Error() string {
 // or was cancelled. The underlying error (a net.Error, context.Canceled,
 // context.DeadlineExceeded, ...) is reachable through errors.Is and errors.As.
 type ConnError struct {
-	Op   string // "dial", "write", "read", "auth"
+	// Op is the step that failed:
+	//   - "dial", "tls handshake", "auth": opening a connection;
+	//   - "write", "read": the request's own I/O;
+	//   - "send": the context had ended before the request was handed to
+	//     a driver (nothing sent);
+	//   - "wait for connection" (Text, Binary): no connection came free
+	//     before the context ended (nothing sent);
+	//   - "wait for reply" (Ultra): the context ended while the request
+	//     was queued or its reply awaited.
+	Op   string
 	Addr string
 	Err  error
 }

@@ -17,6 +17,16 @@ func binScratchLimit(maxValue int) int {
 	return binHeaderLen + 255 + maxReplyKey + max(maxValue, binMinReplyLimit)
 }
 
+// binFuzzRequest is the request each op byte of FuzzBinaryReply stands
+// for: an opcode, as in textFuzzRequest, up to opAuth.
+func binFuzzRequest(op uint8) *request {
+	o := opcode(op % uint8(opAuth+1))
+	if o == opGetBatch { // Ultra-only: see textFuzzRequest
+		o = opGetMulti
+	}
+	return &request{op: o, key: "a", keys: fuzzKeys, maxValue: 1 << 16}
+}
+
 // FuzzBinaryReply feeds arbitrary bytes to the parser as the reply to each
 // kind of request: it must never panic, use bytes it was not given, or
 // buffer more than one frame; feeding the same bytes in small chunks must
@@ -35,17 +45,10 @@ func FuzzBinaryReply(f *testing.F) {
 	f.Add(uint8(opAuth), uint8(9), binResp(binSASLAuth, 0x20, binOpaque, 0, "", "", "Auth failure."))
 	f.Add(uint8(opGet), uint8(4), []byte("ERROR Too many open connections\r\n"))
 	f.Fuzz(func(t *testing.T, op, chunk uint8, reply []byte) {
-		newReq := func() *request {
-			o := opcode(op % uint8(opAuth+1))
-			if o == opGetBatch { // Ultra-only: see textFuzzRequest
-				o = opGetMulti
-			}
-			return &request{op: o, key: "a", keys: fuzzKeys, maxValue: 1 << 16}
-		}
 		limit := binScratchLimit(1 << 16)
-		r := newReq()
+		r := binFuzzRequest(op)
 		whole, err := feedReply(t, parseBinaryReply, r, reply, len(reply)+1, limit)
-		split, _ := feedReply(t, parseBinaryReply, newReq(), reply, int(chunk%32)+1, limit)
+		split, _ := feedReply(t, parseBinaryReply, binFuzzRequest(op), reply, int(chunk%32)+1, limit)
 		if fmt.Sprint(whole) != fmt.Sprint(split) {
 			t.Fatalf("outcome depends on how the bytes arrive:\nwhole %+v\nsplit %+v", whole, split)
 		}

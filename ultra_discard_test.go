@@ -40,13 +40,14 @@ func TestUltraDiscardedConnNotReused(t *testing.T) {
 
 // A request that times out reports the timeout, not the "use of closed
 // network connection" that the writer may see when the reader tears the
-// connection down under it.
+// connection down under it. (Deadlines are rounded up to deadlineGrain,
+// so a server that never answers makes the timeout certain.)
 func TestUltraTimeoutReportedAsTimeout(t *testing.T) {
+	addr, _ := startSilentServer(t)
 	for _, proto := range pipelinedDrivers {
 		t.Run(proto.String(), func(t *testing.T) {
-			s := startMemcached(t)
-			for i := 0; i < 300; i++ {
-				c, err := New(s.Addr, Options{Protocol: proto, Timeout: time.Nanosecond})
+			for i := 0; i < 100; i++ {
+				c, err := New(addr, Options{Protocol: proto, Timeout: time.Nanosecond})
 				require.NoError(t, err)
 				_, err = c.Get(bg, "k", nil)
 				c.Close()

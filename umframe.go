@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // The pipelined drivers: Ultra (the text protocol, after pyermc's
@@ -370,7 +371,7 @@ func (ln *lane) appendFence(dst []byte, wire []*request) ([]byte, []*request) {
 // head of the queue, for the next connection, and publish reports false;
 // if the client closed, the requests fail.
 func (ln *lane) publish(cn *netConn, batch, wire []*request, own *request) bool {
-	now := clock.now()
+	now := time.Now()
 	ln.mu.Lock()
 	if ln.u.closed.Load() {
 		for _, r := range wire {

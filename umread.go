@@ -191,7 +191,7 @@ func (ln *lane) readMore(ctx context.Context, own *request) int {
 	}
 	due := time.Time{}
 	if t := ln.u.d.opts.Timeout; t > 0 {
-		due = sent.Add(t)
+		due = deadlineFrom(sent, t)
 	}
 	if !ownWaiting {
 		// The reader goroutine, or own already being parsed: only the

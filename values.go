@@ -52,8 +52,8 @@ func appendDecompressed(dst, src []byte, maxLen int) ([]byte, error) {
 	}
 	size := int(binary.LittleEndian.Uint32(src))
 	if size > maxLen {
-		// DESIGN: "a corrupt value, not an allocation"; it also matches
-		// ErrValueTooLarge, the limit it exceeds.
+		// A corrupt value, never an allocation of what a stored value
+		// claims; it also matches ErrValueTooLarge, the limit it exceeds.
 		return dst, fmt.Errorf("%w: %w: compressed value declares %d bytes, limit %d", ErrCorruptValue, ErrValueTooLarge, size, maxLen)
 	}
 	if size == 0 {

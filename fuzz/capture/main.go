@@ -3,8 +3,8 @@
 // committed corpora were captured from memcached 1.6.18. From the
 // repository root:
 //
-//	go run ./fuzz/capture                  # writes testdata/fuzz/<Target>/mc-*
-//	go run ./fuzz/capture -memcached /path/to/memcached -out testdata/fuzz
+//	go run ./fuzz/capture                  # writes testdata/fuzz/<Target>/mc<version>-*
+//	go run ./fuzz/capture -memcached /path/to/memcached -out testdata/fuzz -src .
 //
 // It starts its own memcached servers on free loopback ports (a default
 // one, one with a 1 KiB item size, one with 2 MB and no eviction, one with
@@ -37,24 +37,42 @@ import (
 )
 
 // ops are the operations of the client fuzz targets, by index: they must
-// match fuzzOps in fuzz_client_test.go. parserOp is the same operation's
-// opcode in the parser targets (opGet = 0, ... in request.go).
+// match fuzzOps in fuzz_client_test.go. parserOp names the same
+// operation's opcode constant in request.go, the op byte of the parser
+// targets; its value is read from the source (opcodes.go).
 var ops = []struct {
 	name     string
-	parserOp int
+	parserOp string
 	run      func(c *ermc.Client) error
 }{
-	{"get", 0, func(c *ermc.Client) error { _, err := c.Get(ctx, "a", nil); return err }},
-	{"gets", 1, func(c *ermc.Client) error { _, _, err := c.Gets(ctx, "a", nil); return err }},
-	{"gat", 2, func(c *ermc.Client) error { _, err := c.GetAndTouch(ctx, "a", time.Minute, nil); return err }},
-	{"multi", 3, func(c *ermc.Client) error {
+	{"get", "opGet", func(c *ermc.Client) error { _, err := c.Get(ctx, "a", nil); return err }},
+	{"gets", "opGets", func(c *ermc.Client) error { _, _, err := c.Gets(ctx, "a", nil); return err }},
+	{"gat", "opGat", func(c *ermc.Client) error { _, err := c.GetAndTouch(ctx, "a", time.Minute, nil); return err }},
+	{"multi", "opGetMulti", func(c *ermc.Client) error {
 		return c.GetMulti(ctx, []string{"a", "a2"}, func(int, []byte) {})
 	}},
-	{"incr", 10, func(c *ermc.Client) error { _, err := c.Incr(ctx, "a", 1); return err }},
-	{"set", 4, func(c *ermc.Client) error { return c.Set(ctx, "a", []byte("v"), 0) }},
-	{"delete", 12, func(c *ermc.Client) error { return c.Delete(ctx, "a") }},
-	{"stats", 15, func(c *ermc.Client) error { _, err := c.Stats(ctx); return err }},
-	{"version", 16, func(c *ermc.Client) error { _, err := c.Version(ctx); return err }},
+	{"incr", "opIncr", func(c *ermc.Client) error { _, err := c.Incr(ctx, "a", 1); return err }},
+	{"set", "opSet", func(c *ermc.Client) error { return c.Set(ctx, "a", []byte("v"), 0) }},
+	{"delete", "opDelete", func(c *ermc.Client) error { return c.Delete(ctx, "a") }},
+	{"stats", "opStats", func(c *ermc.Client) error { _, err := c.Stats(ctx); return err }},
+	{"version", "opVersion", func(c *ermc.Client) error { _, err := c.Version(ctx); return err }},
+}
+
+// parserOps resolves the parserOp of every op in the package source in dir.
+func parserOps(dir string) ([]uint8, error) {
+	consts, err := opcodes(dir)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]uint8, len(ops))
+	for i, op := range ops {
+		b, ok := consts[op.parserOp]
+		if !ok {
+			return nil, fmt.Errorf("op %s: no opcode %s in %s", op.name, op.parserOp, dir)
+		}
+		out[i] = b
+	}
+	return out, nil
 }
 
 var ctx = context.Background()
@@ -166,7 +184,12 @@ var ultraStreams = []struct {
 func main() {
 	bin := flag.String("memcached", "memcached", "memcached binary")
 	out := flag.String("out", "testdata/fuzz", "corpus root (testdata/fuzz of the ermc package)")
+	src := flag.String("src", ".", "source directory of the ermc package, for its opcodes")
 	flag.Parse()
+	parserOp, err := parserOps(*src)
+	if err != nil {
+		log.Fatal(err)
+	}
 
 	servers := map[string]*server{}
 	for name, args := range map[string][]string{
@@ -187,7 +210,7 @@ func main() {
 		log.Fatal(err)
 	}
 	prefix := "mc" + version + "-"
-	w := &writer{root: *out}
+	w := &writer{root: *out, parserOp: parserOp}
 
 	for _, proto := range []ermc.Protocol{ermc.Text, ermc.Binary} {
 		for _, cp := range captures {
@@ -312,8 +335,9 @@ func readUntilQuiet(nc net.Conn) []byte {
 
 // writer writes corpus entries.
 type writer struct {
-	root string
-	n    int
+	root     string
+	parserOp []uint8 // op byte of the parser targets for each of ops
+	n        int
 }
 
 // reply writes a captured reply for the parser target and the client
@@ -323,11 +347,11 @@ func (w *writer) reply(proto ermc.Protocol, name string, op int, reply []byte) {
 		log.Fatalf("%s (%v): nothing captured", name, proto)
 	}
 	if proto == ermc.Binary {
-		w.write("FuzzBinaryReply", name, ops[op].parserOp, 0, reply)
+		w.write("FuzzBinaryReply", name, int(w.parserOp[op]), 0, reply)
 		w.write("FuzzClientBinary", name, op, 7, reply)
 		return
 	}
-	w.write("FuzzTextReply", name, ops[op].parserOp, 0, reply)
+	w.write("FuzzTextReply", name, int(w.parserOp[op]), 0, reply)
 	w.write("FuzzClientText", name, op, 7, reply)
 	w.write("FuzzClientUltra", name, op, 7, reply)
 }
