@@ -3,6 +3,7 @@ package bench
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"html"
 	"io"
@@ -195,9 +196,8 @@ func runStampede(opts StampedeOptions, sc stampedeClient) (StampedeResult, error
 		}
 		procs = append(procs, proc{read, closeFn})
 	}
-	if c, err := ermc.New(opts.Addr, ermc.Options{}); err == nil { // start from a miss
-		_ = c.Delete(bg, key)
-		c.Close()
+	if err := alignToExpiry(opts.Addr, key, opts.TTL); err != nil {
+		return StampedeResult{}, err
 	}
 
 	var (
@@ -249,6 +249,31 @@ func runStampede(opts StampedeOptions, sc stampedeClient) (StampedeResult, error
 	}
 	res.Expiries, res.MaxLoads = loadBursts(starts, stampedeGap)
 	return res, nil
+}
+
+// alignToExpiry starts the run from a miss just after memcached's clock
+// ticked. memcached counts TTLs in whole seconds of its own clock, so a
+// value stored late in one of its seconds with a TTL of 1s lives only until
+// the next tick: without this, the first value could expire at once and
+// its reload join the first expiry's burst. So it stores key with ttl and
+// waits (at most 3s) until it has expired.
+func alignToExpiry(addr, key string, ttl time.Duration) error {
+	c, err := ermc.New(addr, ermc.Options{})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := c.Set(bg, key, []byte("x"), ttl); err != nil {
+		return err
+	}
+	for deadline := time.Now().Add(ttl + 2*time.Second); time.Now().Before(deadline); time.Sleep(2 * time.Millisecond) {
+		if _, err := c.Get(bg, key, nil); errors.Is(err, ermc.ErrCacheMiss) {
+			return nil
+		} else if err != nil {
+			return err
+		}
+	}
+	return fmt.Errorf("%s did not expire within %v", key, ttl+2*time.Second)
 }
 
 // loadBursts groups load start times (in order) into bursts separated by
