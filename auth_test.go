@@ -142,7 +142,7 @@ func TestASCIIAuth(t *testing.T) {
 				c := newTestClient(t, s.Addr, proto, opts)
 				if proto == Ultra {
 					// One shared connection per lane: three lanes.
-					c.drv = newUltraDriver("tcp", s.Addr, &c.opts, conns)
+					c.drv = newUltraDriver("tcp", s.Addr, &c.opts, conns, &c.stats)
 				}
 				var wg sync.WaitGroup
 				errs := make(chan error, 4*conns)

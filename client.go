@@ -99,6 +99,7 @@ type driver interface {
 	do(ctx context.Context, r *request) error
 	connect(ctx context.Context) error
 	close() error
+	conns() (open, idle int) // connections now (PoolStats)
 }
 
 // Client is a memcache client for one server address. It is safe for
@@ -112,6 +113,7 @@ type Client struct {
 	pipelined bool
 	cas       casStore
 	closed    atomic.Bool
+	stats     poolCounters // PoolStats; the driver and its dialer share it
 }
 
 // New makes a client for addr ("host:port", a unix socket path, or
@@ -125,11 +127,11 @@ func New(addr string, opts Options) (*Client, error) {
 	network, address := splitAddr(addr)
 	switch opts.Protocol {
 	case Text:
-		c.drv = newConnPool(network, address, &c.opts, textCodec)
+		c.drv = newConnPool(network, address, &c.opts, textCodec, &c.stats)
 	case Binary:
-		c.drv = newConnPool(network, address, &c.opts, binaryCodec)
+		c.drv = newConnPool(network, address, &c.opts, binaryCodec, &c.stats)
 	case Ultra:
-		c.drv = newUltraDriver(network, address, &c.opts, defaultUltraLanes())
+		c.drv = newUltraDriver(network, address, &c.opts, defaultUltraLanes(), &c.stats)
 		c.pipelined = true
 	case Noop:
 		c.drv = noopDriver{}
@@ -166,11 +168,11 @@ func (c *Client) do(ctx context.Context, r *request) error {
 	if err := ctx.Err(); err != nil {
 		// Not sent: a driver's cancellation interrupt could lose the race
 		// with a fast reply and report success for a cancelled request.
-		return &ConnError{Op: "send", Addr: c.addr, Err: err}
+		return c.stats.fault(&ConnError{Op: "send", Addr: c.addr, Err: err})
 	}
 	r.maxValue = c.opts.MaxValueLength
 	if err := c.drv.do(ctx, r); err != nil {
-		return err
+		return c.stats.fault(err)
 	}
 	return r.err
 }

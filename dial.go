@@ -63,11 +63,21 @@ func (d *dialer) dialRaw(ctx context.Context) (net.Conn, error) {
 	return nc, nil
 }
 
-// dial opens a connection ready for requests: transport, then
-// authentication when a username is configured, all within
-// ConnectTimeout (the auth exchange also within Timeout, like any
-// request).
+// dial opens a connection ready for requests, counting the attempt for
+// PoolStats. Every driver dials through it.
 func (d *dialer) dial(ctx context.Context) (*conn, error) {
+	d.stats.dials.Add(1)
+	cn, err := d.open(ctx)
+	if err != nil {
+		d.stats.dialErrors.Add(1)
+	}
+	return cn, err
+}
+
+// open opens a connection: transport, then authentication when a username
+// is configured, all within ConnectTimeout (the auth exchange also within
+// Timeout, like any request).
+func (d *dialer) open(ctx context.Context) (*conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, d.opts.ConnectTimeout)
 	defer cancel()
 	nc, err := d.dialRaw(ctx)

@@ -55,8 +55,8 @@ type ultraDriver struct {
 // server busy; more only splits batches.
 func defaultUltraLanes() int { return max(1, min(runtime.GOMAXPROCS(0), 8)) }
 
-func newUltraDriver(network, addr string, opts *Options, lanes int) *ultraDriver {
-	u := &ultraDriver{d: dialer{network: network, addr: addr, opts: opts, codec: textCodec}, done: make(chan struct{})}
+func newUltraDriver(network, addr string, opts *Options, lanes int, stats *poolCounters) *ultraDriver {
+	u := &ultraDriver{d: dialer{network: network, addr: addr, opts: opts, codec: textCodec, stats: stats}, done: make(chan struct{})}
 	u.lanes = make([]*lane, lanes)
 	for i := range u.lanes {
 		u.lanes[i] = &lane{u: u, space: make(chan struct{}, 1)}
@@ -81,6 +81,25 @@ func (u *ultraDriver) connect(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// conns counts the lanes connected, and those with nothing queued or in
+// flight. Close has closed every lane's connection.
+func (u *ultraDriver) conns() (open, idle int) {
+	if u.closed.Load() {
+		return 0, 0
+	}
+	for _, ln := range u.lanes {
+		ln.mu.Lock()
+		if ln.nc != nil {
+			open++
+			if !ln.writing && len(ln.pending) == 0 && ln.flight.len() == 0 {
+				idle++
+			}
+		}
+		ln.mu.Unlock()
+	}
+	return open, idle
 }
 
 func (u *ultraDriver) close() error {
@@ -121,6 +140,7 @@ func (u *ultraDriver) do(ctx context.Context, r *request) error {
 	ln := u.pick()
 	err := ln.do(ctx, r)
 	if err == nil && r.staleIdle && retryableRead(ctx, r, r.fault) {
+		u.d.stats.retries.Add(1)
 		r.fault, r.staleIdle, r.selfRead = nil, false, false
 		err = ln.do(ctx, r)
 	}

@@ -367,6 +367,7 @@ func (ln *lane) failAnswered(nc net.Conn, err error, answered *request) {
 		if ln.closeCause != nil {
 			err, ln.closeCause = ln.closeCause, nil
 		}
+		ln.u.d.stats.discard(err)
 		failed = takeAll(nil, &ln.flight)
 		ln.inflightBytes = 0
 		ln.rpos, ln.rend = 0, 0
