@@ -164,6 +164,7 @@ func (p *connPool) replace(ctx context.Context, old *conn) (*conn, error) {
 
 // connect makes sure one connection can be opened and authenticated.
 func (p *connPool) connect(ctx context.Context) error {
+	p.d.backoff.allowProbe()
 	cn, _, err := p.get(ctx)
 	if err != nil {
 		return err

@@ -66,10 +66,11 @@ func (s *poolCounters) discard(err error) {
 
 // fault counts err, a transport fault that ends an operation, when it is a
 // timeout, and returns it. A cancellation interrupts I/O with a deadline
-// too: that is not a timeout.
+// too: that is not a timeout; nor is a request the dial backoff failed at
+// once, whatever the last dial said.
 func (s *poolCounters) fault(err error) error {
 	var ce *ConnError // only reached on faults: its allocation is off the hot path
-	if errors.As(err, &ce) && ce.Timeout() && !errors.Is(err, context.Canceled) {
+	if errors.As(err, &ce) && ce.Timeout() && !errors.Is(err, context.Canceled) && !isBackoff(ce) {
 		s.timeouts.Add(1)
 	}
 	return err

@@ -72,6 +72,7 @@ func (u *ultraDriver) pick() *lane {
 }
 
 func (u *ultraDriver) connect(ctx context.Context) error {
+	u.d.backoff.allowProbe()
 	for _, ln := range u.lanes {
 		ln.mu.Lock()
 		err := ln.ensureConn(ctx)
