@@ -149,8 +149,15 @@ type opKey struct{}
 type opCtx struct {
 	context.Context
 	span  trace.Span
-	start time.Time
+	start time.Time // zero when the span keeps its own times
 	attrs *opAttrs
+}
+
+// spanTimes is a span that knows when it started and ended (the SDK's), so
+// the duration needs no clock reads of its own.
+type spanTimes interface {
+	StartTime() time.Time
+	EndTime() time.Time
 }
 
 func (c *opCtx) Value(key any) any {
@@ -167,7 +174,21 @@ func (t *tracer) OpStart(ctx context.Context, op ermc.OpInfo) context.Context {
 		opts = append(opts[:len(opts):len(opts)], trace.WithAttributes(semconv.DBQueryText(queryText(op))))
 	}
 	ctx, span := t.tr.Start(ctx, a.spanName, opts...)
-	return &opCtx{Context: ctx, span: span, start: time.Now(), attrs: a}
+	oc := &opCtx{Context: ctx, span: span, attrs: a}
+	if _, ok := span.(spanTimes); !ok || !span.IsRecording() {
+		oc.start = time.Now()
+	}
+	return oc
+}
+
+// end ends oc's span and returns the operation's duration in seconds.
+func (oc *opCtx) end() float64 {
+	oc.span.End()
+	if oc.start.IsZero() {
+		st := oc.span.(spanTimes)
+		return st.EndTime().Sub(st.StartTime()).Seconds()
+	}
+	return time.Since(oc.start).Seconds()
 }
 
 func (t *tracer) OpEnd(ctx context.Context, op ermc.OpInfo, err error) {
@@ -175,14 +196,14 @@ func (t *tracer) OpEnd(ctx context.Context, op ermc.OpInfo, err error) {
 	if !ok {
 		return // a context this Tracer did not make
 	}
-	elapsed := time.Since(oc.start).Seconds()
+	ctx = oc.Context // the span's: metrics take exemplars from it
 	a := oc.attrs
 	o := classify(err)
 	if o.errorType == "" {
 		if o.status != "" {
 			oc.span.SetAttributes(semconv.DBResponseStatusCode(o.status))
 		}
-		t.duration.Record(ctx, elapsed, a.outcome[o.kind]...)
+		t.duration.Record(ctx, oc.end(), a.outcome[o.kind]...)
 		if a.read {
 			switch o.kind {
 			case outOK:
@@ -191,7 +212,6 @@ func (t *tracer) OpEnd(ctx context.Context, op ermc.OpInfo, err error) {
 				t.misses.Add(ctx, 1, a.counted...)
 			}
 		}
-		oc.span.End()
 		return
 	}
 	kv := []attribute.KeyValue{semconv.ErrorTypeKey.String(o.errorType)}
@@ -201,9 +221,8 @@ func (t *tracer) OpEnd(ctx context.Context, op ermc.OpInfo, err error) {
 	oc.span.SetAttributes(kv...)
 	oc.span.SetStatus(codes.Error, o.errorType)
 	failed := metric.WithAttributeSet(attribute.NewSet(append(kv, a.base...)...))
-	t.duration.Record(ctx, elapsed, failed)
+	t.duration.Record(ctx, oc.end(), failed)
 	t.errors.Add(ctx, 1, failed)
-	oc.span.End()
 }
 
 // queryText is db.query.text for op: its name and key.

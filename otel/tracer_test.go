@@ -89,6 +89,7 @@ func (s *sdk) durations(t *testing.T) map[string]uint64 {
 	out := map[string]uint64{}
 	for _, dp := range m.Data.(metricdata.Histogram[float64]).DataPoints {
 		assert.Equal(t, durationBuckets, dp.Bounds)
+		assert.Positive(t, dp.Sum, "operations take time")
 		sys, _ := dp.Attributes.Value("db.system.name")
 		assert.Equal(t, "memcached", sys.Emit())
 		k := attr(dp.Attributes, "db.operation.name")
