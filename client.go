@@ -144,7 +144,8 @@ func New(addr string, opts Options) (*Client, error) {
 }
 
 // Connect opens (and authenticates) a connection now instead of on first
-// use, so configuration and connectivity faults show up early.
+// use, so configuration and connectivity faults show up early. It dials
+// even while requests fail at once after a failed dial (dial backoff).
 func (c *Client) Connect(ctx context.Context) error {
 	if c.closed.Load() {
 		return ErrClosed
