@@ -43,15 +43,19 @@ type traced struct {
 	info OpInfo
 }
 
-// trace starts tracing an operation; with no Tracer it does nothing.
-// Adding an operation is one trace call and one end, with its name.
+// trace starts tracing an operation; with no Tracer it does nothing (and
+// is inlined: a nil check). Adding an operation is one trace call and one
+// end, with its name.
 func (c *Client) trace(ctx context.Context, name, key string, keys int) traced {
-	t := c.opts.Tracer
-	if t == nil {
+	if c.opts.Tracer == nil {
 		return traced{}
 	}
+	return c.startTrace(ctx, name, key, keys)
+}
+
+func (c *Client) startTrace(ctx context.Context, name, key string, keys int) traced {
 	info := OpInfo{Name: name, Key: key, Keys: keys, Protocol: c.opts.Protocol, Addr: c.addr}
-	return traced{t: t, ctx: t.OpStart(ctx, info), info: info}
+	return traced{t: c.opts.Tracer, ctx: c.opts.Tracer.OpStart(ctx, info), info: info}
 }
 
 // end reports err, the operation's outcome as its caller gets it, and
