@@ -154,6 +154,10 @@ func main() {
 	m := bench.DescribeMachine(*addr)
 	fmt.Fprintf(os.Stderr, "machine: %s\n", m)
 
+	if *onlyTracer {
+		printTracerOnly()
+		return
+	}
 	if !*onlyProfiles {
 		compare(m)
 	}
@@ -202,7 +206,7 @@ func compare(m bench.Machine) {
 			}
 		}
 	}
-	md := rep.Markdown(m, *command, chartRef)
+	md := rep.Markdown(m, *command, chartRef) + tracerSection()
 	fmt.Println(md)
 	if *out != "" {
 		if err := os.WriteFile(*out, []byte(md), 0o644); err != nil {
