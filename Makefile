@@ -22,11 +22,13 @@ deps:
 
 # test: vet, the whole suite under the race detector, then once more
 # without it so the allocation assertions (skipped under -race) run; then
-# the benchmark harness's own tests (bench/ is a module of its own).
+# the benchmark harness's own tests (bench/ is a module of its own), and
+# the OpenTelemetry adapter's (otel/, likewise).
 test: deps lint
 	$(GO) test -race -count=1 -timeout 15m ./...
 	$(GO) test -count=1 -timeout 15m ./...
 	cd bench && $(GO) vet ./... && $(GO) test -count=1 -timeout 5m ./...
+	cd otel && $(GO) vet ./... && $(GO) test -race -count=1 ./...
 
 lint:
 	@test -z "$$(gofmt -l . | tee /dev/stderr)" || (echo "gofmt: files above need formatting" && exit 1)

@@ -142,7 +142,7 @@ func TestASCIIAuth(t *testing.T) {
 				c := newTestClient(t, s.Addr, proto, opts)
 				if c.pipelined {
 					// One shared connection per lane: three lanes.
-					c.drv = newPipeDriver("tcp", s.Addr, &c.opts, c.drv.(*pipeDriver).d.codec, conns)
+					c.drv = newPipeDriver("tcp", s.Addr, &c.opts, c.drv.(*pipeDriver).d.codec, conns, &c.stats)
 				}
 				var wg sync.WaitGroup
 				errs := make(chan error, 4*conns)

@@ -70,6 +70,8 @@ type Options struct {
 	Password          string
 	// Codec encodes the values of SetObject and GetObject; default JSON.
 	Codec Codec
+	// Tracer observes every operation; nil: none.
+	Tracer Tracer
 }
 
 // Defaults.
@@ -111,6 +113,7 @@ type driver interface {
 	do(ctx context.Context, r *request) error
 	connect(ctx context.Context) error
 	close() error
+	conns() (open, idle int) // connections now (PoolStats)
 }
 
 // Client is a memcache client for one server address. It is safe for
@@ -124,7 +127,8 @@ type Client struct {
 	pipelined bool
 	cas       casStore
 	closed    atomic.Bool
-	fetches   fetchTable // keys being loaded by Fetch
+	stats     poolCounters // PoolStats; the driver and its dialer share it
+	fetches   fetchTable   // keys being loaded by Fetch
 }
 
 // New makes a client for addr ("host:port", a unix socket path, or
@@ -139,16 +143,16 @@ func New(addr string, opts Options) (*Client, error) {
 	network, address := splitAddr(addr)
 	switch opts.Protocol {
 	case Text:
-		c.drv = newConnPool(network, address, &c.opts, textCodec)
+		c.drv = newConnPool(network, address, &c.opts, textCodec, &c.stats)
 	case Binary:
-		c.drv = newConnPool(network, address, &c.opts, binaryCodec)
+		c.drv = newConnPool(network, address, &c.opts, binaryCodec, &c.stats)
 	case Ultra:
-		c.drv = newPipeDriver(network, address, &c.opts, textCodec, defaultLanes())
+		c.drv = newPipeDriver(network, address, &c.opts, textCodec, defaultLanes(), &c.stats)
 		c.pipelined = true
 	case Noop:
 		c.drv = noopDriver{}
 	case Meta:
-		c.drv = newPipeDriver(network, address, &c.opts, metaCodec, defaultLanes())
+		c.drv = newPipeDriver(network, address, &c.opts, metaCodec, defaultLanes(), &c.stats)
 		c.pipelined = true
 	default:
 		return nil, fmt.Errorf("%w: protocol %v", ErrNotSupported, opts.Protocol)
@@ -157,7 +161,8 @@ func New(addr string, opts Options) (*Client, error) {
 }
 
 // Connect opens (and authenticates) a connection now instead of on first
-// use, so configuration and connectivity faults show up early.
+// use, so configuration and connectivity faults show up early. It dials
+// even while requests fail at once after a failed dial (dial backoff).
 func (c *Client) Connect(ctx context.Context) error {
 	if c.closed.Load() {
 		return ErrClosed
@@ -188,11 +193,11 @@ func (c *Client) do(ctx context.Context, r *request) error {
 	if err := ctx.Err(); err != nil {
 		// Not sent: a driver's cancellation interrupt could lose the race
 		// with a fast reply and report success for a cancelled request.
-		return &ConnError{Op: "send", Addr: c.addr, Err: err}
+		return c.stats.fault(&ConnError{Op: "send", Addr: c.addr, Err: err})
 	}
 	r.maxValue = c.opts.MaxValueLength
 	if err := c.drv.do(ctx, r); err != nil {
-		return err
+		return c.stats.fault(err)
 	}
 	return r.err
 }
@@ -221,24 +226,27 @@ func (c *Client) checkKey(key string) error {
 // Get appends the value of key to dst and returns it. A miss is
 // ErrCacheMiss; on any error dst is returned unchanged.
 func (c *Client) Get(ctx context.Context, key string, dst []byte) ([]byte, error) {
+	op := c.trace(ctx, "get", key, 1)
 	v, _, _, err := c.get(ctx, opGet, key, 0, dst)
-	return v, err
+	return v, op.end(err)
 }
 
 // Gets is Get that also returns the item's CAS id. With CacheCAS the id is
 // remembered for CAS.
 func (c *Client) Gets(ctx context.Context, key string, dst []byte) ([]byte, uint64, error) {
+	op := c.trace(ctx, "gets", key, 1)
 	v, _, cas, err := c.get(ctx, opGets, key, 0, dst)
 	if err == nil && c.opts.CacheCAS {
 		c.cas.put(key, cas)
 	}
-	return v, cas, err
+	return v, cas, op.end(err)
 }
 
 // GetAndTouch is Get that also sets the item's TTL (memcached gat).
 func (c *Client) GetAndTouch(ctx context.Context, key string, ttl time.Duration, dst []byte) ([]byte, error) {
+	op := c.trace(ctx, "gat", key, 1)
 	v, _, _, err := c.get(ctx, opGat, key, exptime(ttl), dst)
-	return v, err
+	return v, op.end(err)
 }
 
 func (c *Client) get(ctx context.Context, op opcode, key string, exp int64, dst []byte) ([]byte, uint32, uint64, error) {
@@ -260,6 +268,11 @@ func (c *Client) get(ctx context.Context, op opcode, key string, exp int64, dst 
 // the index of its key in keys; misses are not reported. value is only
 // valid during the call. Every key is validated before anything is sent.
 func (c *Client) GetMulti(ctx context.Context, keys []string, fn func(i int, value []byte)) error {
+	op := c.trace(ctx, "get_multi", firstKey(keys), len(keys))
+	return op.end(c.getMulti(ctx, keys, fn))
+}
+
+func (c *Client) getMulti(ctx context.Context, keys []string, fn func(i int, value []byte)) error {
 	if len(keys) == 0 {
 		return nil
 	}
@@ -286,35 +299,41 @@ func (c *Client) GetMultiMap(ctx context.Context, keys []string) (map[string][]b
 
 // Set stores value under key.
 func (c *Client) Set(ctx context.Context, key string, value []byte, ttl time.Duration) error {
-	return c.store(ctx, opSet, key, value, 0, ttl, 0)
+	op := c.trace(ctx, "set", key, 1)
+	return op.end(c.store(ctx, opSet, key, value, 0, ttl, 0))
 }
 
 // Add stores value only if key is absent; otherwise ErrNotStored.
 func (c *Client) Add(ctx context.Context, key string, value []byte, ttl time.Duration) error {
-	return c.store(ctx, opAdd, key, value, 0, ttl, 0)
+	op := c.trace(ctx, "add", key, 1)
+	return op.end(c.store(ctx, opAdd, key, value, 0, ttl, 0))
 }
 
 // Replace stores value only if key is present; otherwise ErrNotStored.
 func (c *Client) Replace(ctx context.Context, key string, value []byte, ttl time.Duration) error {
-	return c.store(ctx, opReplace, key, value, 0, ttl, 0)
+	op := c.trace(ctx, "replace", key, 1)
+	return op.end(c.store(ctx, opReplace, key, value, 0, ttl, 0))
 }
 
 // Append adds value after the existing value of key; ErrNotStored if key
 // is absent. Appended bytes are never compressed.
 func (c *Client) Append(ctx context.Context, key string, value []byte) error {
-	return c.store(ctx, opAppend, key, value, 0, 0, 0)
+	op := c.trace(ctx, "append", key, 1)
+	return op.end(c.store(ctx, opAppend, key, value, 0, 0, 0))
 }
 
 // Prepend adds value before the existing value of key; ErrNotStored if key
 // is absent. Prepended bytes are never compressed.
 func (c *Client) Prepend(ctx context.Context, key string, value []byte) error {
-	return c.store(ctx, opPrepend, key, value, 0, 0, 0)
+	op := c.trace(ctx, "prepend", key, 1)
+	return op.end(c.store(ctx, opPrepend, key, value, 0, 0, 0))
 }
 
 // CompareAndSwap stores value only if the item's CAS id is still cas:
 // ErrCASConflict if it changed, ErrCacheMiss if the key is gone.
 func (c *Client) CompareAndSwap(ctx context.Context, key string, value []byte, cas uint64, ttl time.Duration) error {
-	return c.store(ctx, opCAS, key, value, 0, ttl, cas)
+	op := c.trace(ctx, "cas", key, 1)
+	return op.end(c.store(ctx, opCAS, key, value, 0, ttl, cas))
 }
 
 // CAS is CompareAndSwap with the id that Gets remembered for key (with
@@ -323,9 +342,11 @@ func (c *Client) CompareAndSwap(ctx context.Context, key string, value []byte, c
 // beyond CASCacheSize), CAS is a plain Set.
 func (c *Client) CAS(ctx context.Context, key string, value []byte, ttl time.Duration) error {
 	if id, ok := c.cas.get(key); ok {
-		return c.store(ctx, opCAS, key, value, 0, ttl, id)
+		op := c.trace(ctx, "cas", key, 1)
+		return op.end(c.store(ctx, opCAS, key, value, 0, ttl, id))
 	}
-	return c.store(ctx, opSet, key, value, 0, ttl, 0)
+	op := c.trace(ctx, "set", key, 1)
+	return op.end(c.store(ctx, opSet, key, value, 0, ttl, 0))
 }
 
 // ResetCAS forgets every remembered CAS id.
@@ -339,17 +360,20 @@ func (c *Client) ResetCAS() { c.cas.reset() }
 // request at a time, it is an ordinary Set. Key and size checks still
 // apply before anything is queued.
 func (c *Client) SetNoreply(ctx context.Context, key string, value []byte, ttl time.Duration) error {
-	return c.storeMode(ctx, opSet, key, value, 0, ttl, 0, c.pipelined)
+	op := c.trace(ctx, "set", key, 1)
+	return op.end(c.storeMode(ctx, opSet, key, value, 0, ttl, 0, c.pipelined))
 }
 
 // DeleteNoreply is fire-and-forget Delete, with SetNoreply's caveats.
 func (c *Client) DeleteNoreply(ctx context.Context, key string) error {
-	return c.keyOpMode(ctx, opDelete, key, 0, c.pipelined)
+	op := c.trace(ctx, "delete", key, 1)
+	return op.end(c.keyOpMode(ctx, opDelete, key, 0, c.pipelined))
 }
 
 // TouchNoreply is fire-and-forget Touch, with SetNoreply's caveats.
 func (c *Client) TouchNoreply(ctx context.Context, key string, ttl time.Duration) error {
-	return c.keyOpMode(ctx, opTouch, key, exptime(ttl), c.pipelined)
+	op := c.trace(ctx, "touch", key, 1)
+	return op.end(c.keyOpMode(ctx, opTouch, key, exptime(ttl), c.pipelined))
 }
 
 // store sends a storage command, compressing value above
@@ -388,12 +412,16 @@ func (c *Client) storeMode(ctx context.Context, op opcode, key string, value []b
 // value; it wraps at 2^64. ErrCacheMiss if key is absent, ErrNonNumeric if
 // the value is not a number.
 func (c *Client) Incr(ctx context.Context, key string, delta uint64) (uint64, error) {
-	return c.arith(ctx, opIncr, key, delta)
+	op := c.trace(ctx, "incr", key, 1)
+	n, err := c.arith(ctx, opIncr, key, delta)
+	return n, op.end(err)
 }
 
 // Decr subtracts delta from the number stored at key, stopping at 0.
 func (c *Client) Decr(ctx context.Context, key string, delta uint64) (uint64, error) {
-	return c.arith(ctx, opDecr, key, delta)
+	op := c.trace(ctx, "decr", key, 1)
+	n, err := c.arith(ctx, opDecr, key, delta)
+	return n, op.end(err)
 }
 
 func (c *Client) arith(ctx context.Context, op opcode, key string, delta uint64) (uint64, error) {
@@ -413,12 +441,14 @@ func (c *Client) arith(ctx context.Context, op opcode, key string, delta uint64)
 
 // Delete removes key; ErrCacheMiss if it was absent.
 func (c *Client) Delete(ctx context.Context, key string) error {
-	return c.keyOp(ctx, opDelete, key, 0)
+	op := c.trace(ctx, "delete", key, 1)
+	return op.end(c.keyOp(ctx, opDelete, key, 0))
 }
 
 // Touch sets a new TTL on key; ErrCacheMiss if it is absent.
 func (c *Client) Touch(ctx context.Context, key string, ttl time.Duration) error {
-	return c.keyOp(ctx, opTouch, key, exptime(ttl))
+	op := c.trace(ctx, "touch", key, 1)
+	return op.end(c.keyOp(ctx, opTouch, key, exptime(ttl)))
 }
 
 func (c *Client) keyOp(ctx context.Context, op opcode, key string, exp int64) error {
@@ -438,15 +468,17 @@ func (c *Client) keyOpMode(ctx context.Context, op opcode, key string, exp int64
 
 // FlushAll invalidates every item on the server.
 func (c *Client) FlushAll(ctx context.Context) error {
+	op := c.trace(ctx, "flush_all", "", 0)
 	r := getRequest()
 	r.op = opFlushAll
 	err := c.do(ctx, r)
 	putRequest(r)
-	return err
+	return op.end(err)
 }
 
 // Stats returns the server's general statistics.
 func (c *Client) Stats(ctx context.Context) (map[string]string, error) {
+	op := c.trace(ctx, "stats", "", 0)
 	r := getRequest()
 	r.op = opStats
 	err := c.do(ctx, r)
@@ -455,15 +487,16 @@ func (c *Client) Stats(ctx context.Context) (map[string]string, error) {
 	if stats == nil {
 		stats = map[string]string{}
 	}
-	return stats, err
+	return stats, op.end(err)
 }
 
 // Version returns the server's version string.
 func (c *Client) Version(ctx context.Context) (string, error) {
+	op := c.trace(ctx, "version", "", 0)
 	r := getRequest()
 	r.op = opVersion
 	err := c.do(ctx, r)
 	v := r.text
 	putRequest(r)
-	return v, err
+	return v, op.end(err)
 }

@@ -3,9 +3,10 @@ package ermc
 import "time"
 
 // Deadlines come from the real clock, rounded up to the next
-// deadlineGrain: a connection's deadline then moves at most once per
-// grain, so the requests within one skip the SetDeadline call (netConn
-// caches what it set last), and no deadline is ever earlier than asked.
+// deadlineGrain (or a hundredth of the timeout, if that is less): a
+// connection's deadline then moves at most once per grain, so the requests
+// within one skip the SetDeadline call (netConn caches what it set last),
+// and no deadline is ever earlier than asked, nor later by more than 1%.
 // (A coarse clock advanced by a goroutine is cheaper to read, but it lags
 // whenever the process has more runnable goroutines than CPUs, and a
 // lagging clock makes every deadline early: timeouts that did not happen.)
@@ -22,5 +23,9 @@ func deadlineAfter(d time.Duration) time.Time {
 
 // deadlineFrom is the deadline d after t, rounded up to the grain.
 func deadlineFrom(t time.Time, d time.Duration) time.Time {
-	return t.Add(d + deadlineGrain - 1).Truncate(deadlineGrain)
+	grain := min(deadlineGrain, d/100)
+	if grain <= 0 {
+		return t.Add(d)
+	}
+	return t.Add(d + grain - 1).Truncate(grain)
 }

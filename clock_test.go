@@ -24,6 +24,12 @@ func TestDeadlineFrom(t *testing.T) {
 	if a, b := deadlineFrom(base.Add(1), time.Second), deadlineFrom(base.Add(999_000), time.Second); !a.Equal(b) {
 		t.Errorf("within one grain the deadline moved: %v, %v", a, b)
 	}
+	for _, d := range []time.Duration{1, 50 * time.Millisecond} {
+		dl := deadlineFrom(base.Add(1234567), d)
+		if late := dl.Sub(base.Add(1234567 + d)); late < 0 || late > d/100 {
+			t.Errorf("Timeout %v: deadline %v off, want within 1%% after", d, late)
+		}
+	}
 	if !deadlineAfter(0).IsZero() || !deadlineAfter(-1).IsZero() {
 		t.Error("no Timeout must give no deadline")
 	}

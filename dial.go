@@ -14,6 +14,7 @@ type dialer struct {
 	opts          *Options
 	codec         codec
 	stats         *poolCounters // the client's, shared with its driver
+	backoff       dialBackoff   // after a failed dial
 }
 
 // splitAddr turns a user address into a network and address: a path (or
@@ -63,11 +64,28 @@ func (d *dialer) dialRaw(ctx context.Context) (net.Conn, error) {
 	return nc, nil
 }
 
-// dial opens a connection ready for requests: transport, then
-// authentication when a username is configured, all within
-// ConnectTimeout (the auth exchange also within Timeout, like any
-// request). A context that ends meanwhile fails the dial.
+// dial opens a connection ready for requests, counting the attempt for
+// PoolStats. Every driver dials through it. After a failed dial it backs
+// off (backoff.go): until the next probe is due, it fails at once with
+// the last dial's error.
 func (d *dialer) dial(ctx context.Context) (*netConn, error) {
+	probe, err := d.backoff.admit()
+	if err != nil {
+		return nil, &ConnError{Op: "dial", Addr: d.addr, Err: err}
+	}
+	d.stats.dials.Add(1)
+	cn, err := d.open(ctx)
+	if err != nil {
+		d.stats.dialErrors.Add(1)
+	}
+	d.backoff.record(ctx, probe, err)
+	return cn, err
+}
+
+// open opens a connection: transport, then authentication when a username
+// is configured, all within ConnectTimeout (the auth exchange also within
+// Timeout, like any request). A context that ends meanwhile fails it.
+func (d *dialer) open(ctx context.Context) (*netConn, error) {
 	ctx, cancel := context.WithTimeout(ctx, d.opts.ConnectTimeout)
 	defer cancel()
 	nc, err := d.dialRaw(ctx)

@@ -2,6 +2,7 @@ package ermc
 
 import (
 	"context"
+	"slices"
 	"testing"
 )
 
@@ -11,6 +12,9 @@ var wireDrivers = []Protocol{Text, Binary, Ultra, Meta}
 
 // pipelinedDrivers share the lanes of umframe.go.
 var pipelinedDrivers = []Protocol{Ultra, Meta}
+
+// isPipelined reports whether proto is one of pipelinedDrivers.
+func isPipelined(proto Protocol) bool { return slices.Contains(pipelinedDrivers, proto) }
 
 // newTestClient makes a client of proto for addr, closed when t ends.
 func newTestClient(t testing.TB, addr string, proto Protocol, opts Options) *Client {

@@ -613,8 +613,12 @@ func TestFaultDialTimeout(t *testing.T) {
 				require.ErrorAs(t, err, &ce, name)
 				assert.True(t, ce.Timeout(), name)
 			}
+			// A call right after a failed dial fails at once with that
+			// dial's error (dial backoff), so the three calls made one
+			// dial at least and one each at most.
 			dials := dialsAhead()
-			require.Len(t, dials, 3)
+			require.NotEmpty(t, dials)
+			require.LessOrEqual(t, len(dials), 3)
 			for i, d := range dials {
 				assert.Positive(t, d, "dial %d had no deadline", i)
 				assert.LessOrEqual(t, d, connectTimeout, "dial %d is bounded by ConnectTimeout", i)
@@ -631,10 +635,11 @@ func TestFaultDialTimeout(t *testing.T) {
 			require.ErrorAs(t, res.err, &ce)
 			assert.Equal(t, "dial", ce.Op)
 			assert.ErrorIs(t, res.err, context.DeadlineExceeded)
+			before := len(dials)
 			dials = dialsAhead()
-			require.Len(t, dials, 4)
-			assert.Positive(t, dials[3])
-			assert.LessOrEqual(t, dials[3], 50*time.Millisecond, "the dial is bounded by the caller's deadline")
+			require.Len(t, dials, before+1)
+			assert.Positive(t, dials[before])
+			assert.LessOrEqual(t, dials[before], 50*time.Millisecond, "the dial is bounded by the caller's deadline")
 		})
 	}
 }

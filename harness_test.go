@@ -61,15 +61,9 @@ func (s *testServer) Stop() {
 // and stops it when tb ends.
 func startMemcached(tb testing.TB, extra ...string) *testServer {
 	tb.Helper()
-	bin := requireBinary(tb, "memcached")
 	var lastErr error
 	for attempt := 0; attempt < 5; attempt++ {
-		port := freePort(tb)
-		args := append([]string{"-l", "127.0.0.1", "-p", strconv.Itoa(port), "-U", "0", "-t", "2"}, extra...)
-		if os.Geteuid() == 0 {
-			args = append(args, "-u", "root")
-		}
-		s, err := startProcess(tb, bin, args, "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), nil)
+		s, err := startMemcachedOn(tb, freePort(tb), extra...)
 		if err == nil {
 			return s
 		}
@@ -77,6 +71,17 @@ func startMemcached(tb testing.TB, extra ...string) *testServer {
 	}
 	tb.Fatalf("memcached did not start: %v", lastErr)
 	return nil
+}
+
+// startMemcachedOn runs memcached on the given loopback port.
+func startMemcachedOn(tb testing.TB, port int, extra ...string) (*testServer, error) {
+	tb.Helper()
+	bin := requireBinary(tb, "memcached")
+	args := append([]string{"-l", "127.0.0.1", "-p", strconv.Itoa(port), "-U", "0", "-t", "2"}, extra...)
+	if os.Geteuid() == 0 {
+		args = append(args, "-u", "root")
+	}
+	return startProcess(tb, bin, args, "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), nil)
 }
 
 // startMemcachedUnix runs memcached on a unix socket in a temp dir.

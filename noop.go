@@ -18,3 +18,4 @@ func (noopDriver) do(_ context.Context, r *request) error {
 
 func (noopDriver) connect(context.Context) error { return nil }
 func (noopDriver) close() error                  { return nil }
+func (noopDriver) conns() (open, idle int)       { return 0, 0 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync/atomic"
+	"time"
 )
 
 // connPool is the pooled drivers' (Text, Binary) bounded set of
@@ -13,12 +14,13 @@ type connPool struct {
 	d      dialer
 	idle   chan *conn
 	tokens chan struct{}
+	open   atomic.Int64 // connections dialed and not closed yet (PoolStats)
 	closed atomic.Bool
 }
 
-func newConnPool(network, addr string, opts *Options, c codec) *connPool {
+func newConnPool(network, addr string, opts *Options, c codec, stats *poolCounters) *connPool {
 	return &connPool{
-		d:      dialer{network: network, addr: addr, opts: opts, codec: c},
+		d:      dialer{network: network, addr: addr, opts: opts, codec: c, stats: stats},
 		idle:   make(chan *conn, opts.MaxConns),
 		tokens: make(chan struct{}, opts.MaxConns),
 	}
@@ -41,23 +43,39 @@ func (p *connPool) get(ctx context.Context) (cn *conn, reused bool, err error) {
 	default:
 	}
 	select {
+	case p.tokens <- struct{}{}:
+		return p.dial(ctx)
+	default:
+	}
+	// All MaxConns connections are busy: wait (PoolStats counts the wait,
+	// and a dial when the wait ends with a connection closed).
+	defer p.d.stats.waited(time.Now())
+	select {
 	case cn := <-p.idle:
 		return cn, true, nil
 	case p.tokens <- struct{}{}:
-		cn, err := p.dial(ctx)
-		if err != nil {
-			<-p.tokens
-			return nil, false, err
-		}
-		return cn, false, nil
+		return p.dial(ctx)
 	case <-ctx.Done():
 		return nil, false, &ConnError{Op: "wait for connection", Addr: p.d.addr, Err: ctx.Err()}
 	}
 }
 
+// dial opens a connection under a token just taken, giving the token back
+// if it fails.
+func (p *connPool) dial(ctx context.Context) (*conn, bool, error) {
+	c, err := p.d.dial(ctx)
+	if err != nil {
+		<-p.tokens
+		return nil, false, err
+	}
+	p.open.Add(1)
+	return &conn{netConn: c, d: &p.d}, false, nil
+}
+
 // put returns a healthy connection to the pool, or closes a broken one.
 func (p *connPool) put(cn *conn, healthy bool) {
 	if !healthy {
+		p.d.stats.discarded.Add(1)
 		p.discard(cn)
 		return
 	}
@@ -69,6 +87,7 @@ func (p *connPool) put(cn *conn, healthy bool) {
 
 func (p *connPool) discard(cn *conn) {
 	cn.close()
+	p.open.Add(-1)
 	<-p.tokens
 }
 
@@ -91,6 +110,7 @@ func (p *connPool) do(ctx context.Context, r *request) error {
 	}
 	err = cn.roundTrip(ctx, r)
 	if reused && retryOnFresh(ctx, r, cn, err) {
+		p.d.stats.retries.Add(1)
 		cn, err = p.replace(ctx, cn)
 		if err != nil {
 			return err
@@ -136,31 +156,25 @@ func retryableRead(ctx context.Context, r *request, err error) bool {
 // same token, so the retry never waits for another request to finish.
 func (p *connPool) replace(ctx context.Context, old *conn) (*conn, error) {
 	old.close()
-	cn, err := p.dial(ctx)
-	if err != nil {
-		<-p.tokens
-		return nil, err
-	}
-	return cn, nil
-}
-
-// dial opens a connection for the pool.
-func (p *connPool) dial(ctx context.Context) (*conn, error) {
-	c, err := p.d.dial(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return &conn{netConn: c, d: &p.d}, nil
+	p.open.Add(-1)
+	p.d.stats.discarded.Add(1)
+	cn, _, err := p.dial(ctx)
+	return cn, err
 }
 
 // connect makes sure one connection can be opened and authenticated.
 func (p *connPool) connect(ctx context.Context) error {
+	p.d.backoff.allowProbe()
 	cn, _, err := p.get(ctx)
 	if err != nil {
 		return err
 	}
 	p.put(cn, true)
 	return nil
+}
+
+func (p *connPool) conns() (open, idle int) {
+	return int(p.open.Load()), len(p.idle)
 }
 
 func (p *connPool) close() error {

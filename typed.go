@@ -28,9 +28,10 @@ func (JSONCodec) Unmarshal(data []byte, v any) error { return json.Unmarshal(dat
 // SetInt stores n as a decimal string with the integer flag, the form
 // Incr and Decr work on and python-memcached reads back as an int.
 func (c *Client) SetInt(ctx context.Context, key string, n int64, ttl time.Duration) error {
+	op := c.trace(ctx, "set", key, 1)
 	buf := getBuffer(20) // a stack array would escape into the request
 	buf.B = strconv.AppendInt(buf.B[:0], n, 10)
-	err := c.store(ctx, opSet, key, buf.B, FlagInteger, ttl, 0)
+	err := op.end(c.store(ctx, opSet, key, buf.B, FlagInteger, ttl, 0))
 	putBuffer(buf)
 	return err
 }
@@ -38,6 +39,12 @@ func (c *Client) SetInt(ctx context.Context, key string, n int64, ttl time.Durat
 // GetInt reads a decimal integer, as stored by SetInt, Incr or Decr (whose
 // results memcached may space-pad).
 func (c *Client) GetInt(ctx context.Context, key string) (int64, error) {
+	op := c.trace(ctx, "get", key, 1)
+	n, err := c.getInt(ctx, key)
+	return n, op.end(err)
+}
+
+func (c *Client) getInt(ctx context.Context, key string) (int64, error) {
 	buf := getBuffer(32)
 	defer putBuffer(buf)
 	v, _, _, err := c.get(ctx, opGet, key, 0, buf.B[:0])
@@ -54,6 +61,11 @@ func (c *Client) GetInt(ctx context.Context, key string) (int64, error) {
 
 // SetObject stores v encoded by the client's Codec, with the encoded flag.
 func (c *Client) SetObject(ctx context.Context, key string, v any, ttl time.Duration) error {
+	op := c.trace(ctx, "set", key, 1)
+	return op.end(c.setObject(ctx, key, v, ttl))
+}
+
+func (c *Client) setObject(ctx context.Context, key string, v any, ttl time.Duration) error {
 	data, err := c.opts.Codec.Marshal(v)
 	if err != nil {
 		return fmt.Errorf("ermc: encoding value for %s: %w", quoteBounded([]byte(key)), err)
@@ -64,6 +76,11 @@ func (c *Client) SetObject(ctx context.Context, key string, v any, ttl time.Dura
 // GetObject decodes the value stored by SetObject into v. A value stored
 // without the encoded flag is ErrCorruptValue rather than a guess.
 func (c *Client) GetObject(ctx context.Context, key string, v any) error {
+	op := c.trace(ctx, "get", key, 1)
+	return op.end(c.getObject(ctx, key, v))
+}
+
+func (c *Client) getObject(ctx context.Context, key string, v any) error {
 	buf := getBuffer(0)
 	defer putBuffer(buf)
 	data, flags, _, err := c.get(ctx, opGet, key, 0, buf.B[:0])

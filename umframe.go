@@ -56,8 +56,8 @@ type pipeDriver struct {
 // server busy; more only splits batches.
 func defaultLanes() int { return max(1, min(runtime.GOMAXPROCS(0), 8)) }
 
-func newPipeDriver(network, addr string, opts *Options, c codec, lanes int) *pipeDriver {
-	u := &pipeDriver{d: dialer{network: network, addr: addr, opts: opts, codec: c}, done: make(chan struct{})}
+func newPipeDriver(network, addr string, opts *Options, c codec, lanes int, stats *poolCounters) *pipeDriver {
+	u := &pipeDriver{d: dialer{network: network, addr: addr, opts: opts, codec: c, stats: stats}, done: make(chan struct{})}
 	u.lanes = make([]*lane, lanes)
 	for i := range u.lanes {
 		u.lanes[i] = &lane{u: u, space: make(chan struct{}, 1)}
@@ -73,6 +73,7 @@ func (u *pipeDriver) pick() *lane {
 }
 
 func (u *pipeDriver) connect(ctx context.Context) error {
+	u.d.backoff.allowProbe()
 	for _, ln := range u.lanes {
 		ln.mu.Lock()
 		err := ln.ensureConn(ctx)
@@ -82,6 +83,22 @@ func (u *pipeDriver) connect(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// conns counts the lanes connected, and those with nothing queued or in
+// flight.
+func (u *pipeDriver) conns() (open, idle int) {
+	for _, ln := range u.lanes {
+		ln.mu.Lock()
+		if ln.cn != nil {
+			open++
+			if !ln.writing && len(ln.pending) == 0 && ln.flight.len() == 0 {
+				idle++
+			}
+		}
+		ln.mu.Unlock()
+	}
+	return open, idle
 }
 
 // close fails what is still queued with ErrClosed (it was not sent) and
@@ -133,6 +150,7 @@ func (u *pipeDriver) do(ctx context.Context, r *request) error {
 	ln := u.pick()
 	err := ln.do(ctx, r)
 	if err == nil && r.staleIdle && retryableRead(ctx, r, r.fault) {
+		u.d.stats.retries.Add(1)
 		r.fault, r.staleIdle, r.selfRead = nil, false, false
 		err = ln.do(ctx, r)
 	}

@@ -335,6 +335,7 @@ func (ln *lane) failAnswered(cn *netConn, err error, answered *request) {
 		if ln.closeCause != nil {
 			err, ln.closeCause = ln.closeCause, nil
 		}
+		ln.u.d.stats.discard(err)
 		failed = takeAll(nil, &ln.flight)
 		ln.inflightBytes = 0
 	}

@@ -67,9 +67,10 @@ func Makers() []Maker {
 	}
 }
 
-// MakerByName returns the maker called name.
+// MakerByName returns the maker called name: one of Makers, or the
+// Tracer's (tracer.go).
 func MakerByName(name string) (Maker, bool) {
-	for _, m := range Makers() {
+	for _, m := range append(Makers(), tracerMaker) {
 		if m.Name == name {
 			return m, true
 		}

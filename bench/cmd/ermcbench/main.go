@@ -160,6 +160,10 @@ func main() {
 		fmt.Println(stampede().Markdown())
 		return
 	}
+	if *onlyTracer {
+		printTracerOnly()
+		return
+	}
 	if !*onlyProfiles {
 		compare(m)
 	}
@@ -211,7 +215,7 @@ func compare(m bench.Machine) {
 			}
 		}
 	}
-	md := rep.Markdown(m, *command, chartRef)
+	md := rep.Markdown(m, *command, chartRef) + tracerSection()
 	fmt.Println(md)
 	if *out != "" {
 		if err := os.WriteFile(*out, []byte(md), 0o644); err != nil {

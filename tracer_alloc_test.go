@@ -1,0 +1,59 @@
+//go:build !race
+
+package ermc
+
+import (
+	"context"
+	"testing"
+)
+
+// nopTracer is a Tracer that does nothing: operations traced by it must
+// still allocate nothing.
+type nopTracer struct{}
+
+func (nopTracer) OpStart(ctx context.Context, _ OpInfo) context.Context { return ctx }
+func (nopTracer) OpEnd(context.Context, OpInfo, error)                  {}
+
+// countTracer counts calls through a pointer, as a real Tracer would keep
+// its state.
+type countTracer struct{ starts, ends int }
+
+func (t *countTracer) OpStart(ctx context.Context, _ OpInfo) context.Context {
+	t.starts++
+	return ctx
+}
+func (t *countTracer) OpEnd(context.Context, OpInfo, error) { t.ends++ }
+
+func TestAllocsWithTracer(t *testing.T) {
+	s := startMemcached(t)
+	for _, proto := range wireDrivers {
+		t.Run(proto.String()+"/nop", func(t *testing.T) {
+			testAllocs(t, newTestClient(t, s.Addr, proto, Options{Tracer: nopTracer{}}))
+		})
+		t.Run(proto.String()+"/counting", func(t *testing.T) {
+			ct := &countTracer{}
+			testAllocs(t, newTestClient(t, s.Addr, proto, Options{Tracer: ct}))
+			if ct.starts == 0 || ct.starts != ct.ends {
+				t.Errorf("%d OpStart, %d OpEnd", ct.starts, ct.ends)
+			}
+		})
+	}
+	t.Run("typed", func(t *testing.T) {
+		c := newTestClient(t, s.Addr, Text, Options{Tracer: nopTracer{}})
+		var err error
+		allocs := testing.AllocsPerRun(200, func() {
+			if e := c.SetInt(bg, "alloc:i", 7, 0); e != nil && err == nil {
+				err = e
+			}
+			if _, e := c.GetInt(bg, "alloc:i"); e != nil && err == nil {
+				err = e
+			}
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if allocs != 0 {
+			t.Errorf("SetInt+GetInt with a Tracer: %v allocs/op, want 0", allocs)
+		}
+	})
+}
