@@ -67,6 +67,13 @@ type lease struct {
 // pass an outage on to the backend), unless ErrorAsMiss reads it as a miss.
 func (c *Client) Fetch(ctx context.Context, key string, dst []byte, opts FetchOptions,
 	load func(ctx context.Context, dst []byte) ([]byte, error)) ([]byte, error) {
+	op := c.trace(ctx, "fetch", key, 1)
+	v, err := c.fetch(ctx, key, dst, opts, load)
+	return v, op.end(err)
+}
+
+func (c *Client) fetch(ctx context.Context, key string, dst []byte, opts FetchOptions,
+	load func(context.Context, []byte) ([]byte, error)) ([]byte, error) {
 	if err := c.checkKey(key); err != nil {
 		return dst, err
 	}
@@ -254,13 +261,14 @@ func (c *Client) Invalidate(ctx context.Context, key string, staleTTL time.Durat
 	if c.opts.Protocol != Meta {
 		return c.Delete(ctx, key)
 	}
+	op := c.trace(ctx, "delete", key, 1)
 	if err := c.checkKey(key); err != nil {
-		return err
+		return op.end(err)
 	}
 	r := getRequest()
 	r.op, r.key, r.exptime = opDelete, key, exptime(staleTTL)
 	r.meta.invalidate = true
 	err := c.do(ctx, r)
 	putRequest(r)
-	return c.hideFault(err, ErrCacheMiss)
+	return op.end(c.hideFault(err, ErrCacheMiss))
 }

@@ -401,3 +401,44 @@ func TestFetchManyKeysConcurrently(t *testing.T) {
 		require.Zero(t, c.fetches.size())
 	})
 }
+
+// TestFetchTraced: a Fetch is one "fetch" operation for the Tracer, hit or
+// load, with the caller's error; Invalidate is a "delete".
+func TestFetchTraced(t *testing.T) {
+	s := startMemcached(t)
+	for _, proto := range wireDrivers {
+		t.Run(proto.String(), func(t *testing.T) {
+			rt := &recordTracer{}
+			c := newTestClient(t, s.Addr, proto, Options{Tracer: rt})
+			key := "f:trace:" + proto.String()
+			boom := errors.New("boom")
+			for i, tc := range []struct {
+				name string
+				call func() error
+			}{
+				{"fetch", func() error {
+					_, err := c.Fetch(bg, key, nil, FetchOptions{}, (&testLoader{err: boom}).load)
+					return err
+				}},
+				{"fetch", func() error {
+					_, err := c.Fetch(bg, key, nil, FetchOptions{}, (&testLoader{value: "v"}).load)
+					return err
+				}},
+				{"fetch", func() error {
+					_, err := c.Fetch(bg, key, nil, FetchOptions{}, (&testLoader{value: "w"}).load)
+					return err
+				}},
+				{"delete", func() error { return c.Invalidate(bg, key, time.Minute) }},
+				{"delete", func() error { return c.Invalidate(bg, key+":absent", time.Minute) }},
+			} {
+				err := tc.call()
+				starts, ends := rt.take()
+				require.Len(t, starts, 1, "case %d: OpStart calls", i)
+				require.Len(t, ends, 1, "case %d: OpEnd calls", i)
+				require.Equal(t, tc.name, starts[0].Name, "case %d", i)
+				require.Equal(t, key, starts[0].Key[:len(key)], "case %d", i)
+				require.True(t, err == ends[0].err, "case %d: OpEnd got %v, the caller %v", i, ends[0].err, err)
+			}
+		})
+	}
+}

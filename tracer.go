@@ -14,7 +14,9 @@ import "context"
 // SetInt and SetObject are a "set", GetInt and GetObject a "get" (their
 // decoding error, if any, is the error OpEnd sees); the *Noreply calls
 // are their command; CAS is a "cas" when it sends a remembered id and a
-// "set" otherwise; GetMultiMap is its "get_multi".
+// "set" otherwise; GetMultiMap is its "get_multi". Fetch is one "fetch",
+// whatever it sends and however long its load takes; Invalidate is a
+// "delete".
 type Tracer interface {
 	// OpStart is called before anything is checked or sent. The context
 	// it returns goes to OpEnd; the operation itself runs with the
