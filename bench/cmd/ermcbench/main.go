@@ -102,6 +102,15 @@ var (
 	profileTime  = flag.Duration("profile-time", envDuration("BENCH_PROFILE_TIME", 3*time.Second), "run time per workload of the CPU profiles (env BENCH_PROFILE_TIME)")
 	allocTime    = flag.Duration("alloc-profile-time", envDuration("BENCH_ALLOC_PROFILE_TIME", 200*time.Millisecond), "run time per workload of the allocation profile")
 	onlyProfiles = flag.Bool("only-profiles", false, "write the profiles only, no comparison")
+	latency      = flag.Bool("latency", env("BENCH_LATENCY", "1") != "0", "after the throughput table, measure open-loop latency at fixed offered rates (env BENCH_LATENCY=0 skips it)")
+	latencyOnly  = flag.Bool("latency-only", false, "measure only the open-loop latency (gomemcache's capacity first), no throughput table, no profiles")
+	latTime      = flag.Duration("latency-time", envDuration("BENCH_LATENCY_TIME", time.Second), "measured time per client, rate and round of the latency runs (env BENCH_LATENCY_TIME)")
+	latWarmup    = flag.Duration("latency-warmup", envDuration("BENCH_LATENCY_WARMUP", 200*time.Millisecond), "unmeasured warm-up at the same rate before each latency measurement (env BENCH_LATENCY_WARMUP)")
+	latRounds    = flag.Int("latency-rounds", envInt("BENCH_LATENCY_ROUNDS", 0), "rounds of the latency runs; 0: as -rounds (env BENCH_LATENCY_ROUNDS)")
+	latLoads     = flag.String("latency-loads", env("BENCH_LATENCY_LOADS", ""), "offered rates as fractions of gomemcache's closed-loop ops/s, e.g. 0.25,0.5,1,3 (env BENCH_LATENCY_LOADS)")
+	latClients   = flag.String("latency-clients", env("BENCH_LATENCY_CLIENTS", ""), "clients of the latency runs; empty: all; name@n gives a pooled client n connections (env BENCH_LATENCY_CLIENTS)")
+	latWorkloads = flag.String("latency-workloads", env("BENCH_LATENCY_WORKLOADS", ""), "workloads of the latency runs; empty: Get100B/64g,Set100B/64g (env BENCH_LATENCY_WORKLOADS)")
+	latChart     = flag.String("latency-chart", "", "write the latency chart (SVG, and PNG beside it) here")
 	command      = flag.String("cmd", "", "how this run was started, for the reports (e.g. \"make bench\")")
 	allocChild   = flag.String("alloc-child", "", "internal: write the allocation profile to this file and exit")
 )
@@ -157,52 +166,68 @@ func main() {
 	if !*onlyProfiles {
 		compare(m)
 	}
-	if *profiles != "" {
+	if *profiles != "" && !*latencyOnly {
 		writeProfiles(m, server)
 	}
 	fmt.Fprintf(os.Stderr, "ermcbench done in %s\n", time.Since(began).Round(time.Second))
 }
 
 func compare(m bench.Machine) {
-	opts := bench.Options{
-		Addr:              *addr,
-		Transports:        splitList(*transports),
-		Workloads:         splitList(*workloads),
-		Rounds:            *rounds,
-		Duration:          *duration,
-		Warmup:            *warmup,
-		CompressThreshold: *threshold,
-		MemMode:           *memMode,
-		Progress:          os.Stderr,
-	}
-	rep, err := bench.Run(opts)
-	if err != nil {
-		fatalf("%v", err)
-	}
-	chartRef := ""
-	if *chart != "" {
-		if *out != "" {
-			if rel, err := filepath.Rel(filepath.Dir(*out), *chart); err == nil {
-				chartRef = filepath.ToSlash(rel)
-			}
-		}
-		if err := os.WriteFile(*chart, rep.Chart(m), 0o644); err != nil {
+	var (
+		md   string
+		caps map[string]float64
+	)
+	if !*latencyOnly {
+		rep, err := bench.Run(bench.Options{
+			Addr:              *addr,
+			Transports:        splitList(*transports),
+			Workloads:         splitList(*workloads),
+			Rounds:            *rounds,
+			Duration:          *duration,
+			Warmup:            *warmup,
+			CompressThreshold: *threshold,
+			MemMode:           *memMode,
+			Progress:          os.Stderr,
+		})
+		if err != nil {
 			fatalf("%v", err)
 		}
-		fmt.Fprintf(os.Stderr, "wrote %s\n", *chart)
-		if png := strings.TrimSuffix(*chart, ".svg") + ".png"; png != *chart {
-			if conv, err := exec.LookPath("rsvg-convert"); err == nil {
-				if b, err := exec.Command(conv, "-o", png, *chart).CombinedOutput(); err != nil {
-					fmt.Fprintf(os.Stderr, "rsvg-convert: %v %s\n", err, b)
-				} else {
-					fmt.Fprintf(os.Stderr, "wrote %s\n", png)
-				}
-			} else {
-				fmt.Fprintln(os.Stderr, "no PNG chart: rsvg-convert (librsvg2-bin) is not installed")
-			}
-		}
+		caps = rep.Capacities()
+		writeChart(*chart, rep.Chart(m))
+		md = rep.Markdown(m, *command, chartRef(*chart))
+	} else {
+		md = bench.LatencyHeader(m, *command)
 	}
-	md := rep.Markdown(m, *command, chartRef)
+	if *latency || *latencyOnly {
+		lr := *latRounds
+		if lr <= 0 {
+			lr = *rounds
+		}
+		var loads []float64
+		for _, f := range splitList(*latLoads) {
+			x, err := strconv.ParseFloat(f, 64)
+			if err != nil || x <= 0 {
+				fatalf("-latency-loads: %q is not a positive fraction", f)
+			}
+			loads = append(loads, x)
+		}
+		lat, err := bench.RunLatency(bench.LatencyOptions{
+			Addr:      *addr,
+			Clients:   splitList(*latClients),
+			Workloads: splitList(*latWorkloads),
+			Loads:     loads,
+			Capacity:  caps,
+			Rounds:    lr,
+			Duration:  *latTime,
+			Warmup:    *latWarmup,
+			Progress:  os.Stderr,
+		})
+		if err != nil {
+			fatalf("%v", err)
+		}
+		writeChart(*latChart, lat.Chart(m))
+		md += "\n" + lat.Markdown(chartRef(*latChart))
+	}
 	fmt.Println(md)
 	if *out != "" {
 		if err := os.WriteFile(*out, []byte(md), 0o644); err != nil {
@@ -210,6 +235,44 @@ func compare(m bench.Machine) {
 		}
 		fmt.Fprintf(os.Stderr, "wrote %s\n", *out)
 	}
+}
+
+// chartRef is how the report (-out) links to a chart file.
+func chartRef(path string) string {
+	if path == "" || *out == "" {
+		return ""
+	}
+	rel, err := filepath.Rel(filepath.Dir(*out), path)
+	if err != nil {
+		return ""
+	}
+	return filepath.ToSlash(rel)
+}
+
+// writeChart writes an SVG chart to path, and a PNG beside it when
+// rsvg-convert is installed; nothing when path is empty.
+func writeChart(path string, svg []byte) {
+	if path == "" {
+		return
+	}
+	if err := os.WriteFile(path, svg, 0o644); err != nil {
+		fatalf("%v", err)
+	}
+	fmt.Fprintf(os.Stderr, "wrote %s\n", path)
+	png := strings.TrimSuffix(path, ".svg") + ".png"
+	if png == path {
+		return
+	}
+	conv, err := exec.LookPath("rsvg-convert")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "no PNG chart: rsvg-convert (librsvg2-bin) is not installed")
+		return
+	}
+	if b, err := exec.Command(conv, "-o", png, path).CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "rsvg-convert: %v %s\n", err, b)
+		return
+	}
+	fmt.Fprintf(os.Stderr, "wrote %s\n", png)
 }
 
 func writeProfiles(m bench.Machine, server string) {
