@@ -311,6 +311,12 @@ func TestLatencyReport(t *testing.T) {
 			t.Errorf("markdown lacks %q", want)
 		}
 	}
+	block := rep.ReadmeBlock(Machine{NumCPU: 2, LoadAvg: "1.50 1.20 1.00"}, "bench/latency.svg")
+	for _, want := range []string{p99, "load average 1.50 at the start", "over 3 rounds", "with 64 goroutines", "(bench/latency.svg)"} {
+		if !strings.Contains(block, want) {
+			t.Errorf("README block lacks %q:\n%s", want, block)
+		}
+	}
 	svg := string(rep.Chart(Machine{}))
 	if !strings.HasPrefix(svg, "<svg") || !strings.HasSuffix(svg, "</svg>\n") {
 		t.Fatalf("chart is not an SVG document")
@@ -376,4 +382,21 @@ func TestRunLatencyOneRound(t *testing.T) {
 		}
 	}
 	t.Logf("one tiny round in %v\n%s", rep.Took, md)
+}
+
+func TestReplaceBlock(t *testing.T) {
+	doc := "# x\n\nbefore\n" + ReadmeBegin + "\nold table\nmore\n" + ReadmeEnd + "\nafter\n"
+	got, ok := ReplaceBlock(doc, ReadmeBegin, ReadmeEnd, "new\n")
+	if want := "# x\n\nbefore\n" + ReadmeBegin + "\nnew\n" + ReadmeEnd + "\nafter\n"; !ok || got != want {
+		t.Errorf("ReplaceBlock = %q, %v; want %q", got, ok, want)
+	}
+	again, _ := ReplaceBlock(got, ReadmeBegin, ReadmeEnd, "new\n")
+	if again != got {
+		t.Errorf("replacing twice changed the document: %q", again)
+	}
+	for _, bad := range []string{"no markers\n", ReadmeBegin + "\nno end\n", ReadmeEnd + "\n" + ReadmeBegin} {
+		if out, ok := ReplaceBlock(bad, ReadmeBegin, ReadmeEnd, "x"); ok || out != bad {
+			t.Errorf("ReplaceBlock(%q) = %q, %v; want it unchanged", bad, out, ok)
+		}
+	}
 }

@@ -12,6 +12,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
+	"runtime/trace"
 	"strconv"
 	"strings"
 	"time"
@@ -110,7 +112,10 @@ var (
 	latLoads     = flag.String("latency-loads", env("BENCH_LATENCY_LOADS", ""), "offered rates as fractions of gomemcache's closed-loop ops/s, e.g. 0.25,0.5,1,3 (env BENCH_LATENCY_LOADS)")
 	latClients   = flag.String("latency-clients", env("BENCH_LATENCY_CLIENTS", ""), "clients of the latency runs; empty: all; name@n gives a pooled client n connections (env BENCH_LATENCY_CLIENTS)")
 	latWorkloads = flag.String("latency-workloads", env("BENCH_LATENCY_WORKLOADS", ""), "workloads of the latency runs; empty: Get100B/64g,Set100B/64g (env BENCH_LATENCY_WORKLOADS)")
+	readme       = flag.String("readme", "", "replace the latency block of this README (between its markers) with the latency tables")
 	latChart     = flag.String("latency-chart", "", "write the latency chart (SVG, and PNG beside it) here")
+	traceFile    = flag.String("trace", "", "write an execution trace of the comparison here (go tool trace; keep the run short)")
+	cpuFile      = flag.String("cpuprofile", "", "write a CPU profile of the comparison (every client) here")
 	command      = flag.String("cmd", "", "how this run was started, for the reports (e.g. \"make bench\")")
 	allocChild   = flag.String("alloc-child", "", "internal: write the allocation profile to this file and exit")
 )
@@ -164,7 +169,9 @@ func main() {
 	fmt.Fprintf(os.Stderr, "machine: %s\n", m)
 
 	if !*onlyProfiles {
+		stop := startTracing()
 		compare(m)
+		stop()
 	}
 	if *profiles != "" && !*latencyOnly {
 		writeProfiles(m, server)
@@ -227,6 +234,9 @@ func compare(m bench.Machine) {
 		}
 		writeChart(*latChart, lat.Chart(m))
 		md += "\n" + lat.Markdown(chartRef(*latChart))
+		if *readme != "" {
+			updateReadme(lat, m)
+		}
 	}
 	fmt.Println(md)
 	if *out != "" {
@@ -235,6 +245,68 @@ func compare(m bench.Machine) {
 		}
 		fmt.Fprintf(os.Stderr, "wrote %s\n", *out)
 	}
+}
+
+// startTracing starts the -trace and -cpuprofile recordings, if asked
+// for, and returns what stops them.
+func startTracing() (stop func()) {
+	var files []*os.File
+	create := func(path string) *os.File {
+		f, err := os.Create(path)
+		if err != nil {
+			fatalf("%v", err)
+		}
+		files = append(files, f)
+		return f
+	}
+	if *traceFile != "" {
+		if err := trace.Start(create(*traceFile)); err != nil {
+			fatalf("trace: %v", err)
+		}
+	}
+	if *cpuFile != "" {
+		if err := pprof.StartCPUProfile(create(*cpuFile)); err != nil {
+			fatalf("cpu profile: %v", err)
+		}
+	}
+	return func() {
+		if *traceFile != "" {
+			trace.Stop()
+		}
+		if *cpuFile != "" {
+			pprof.StopCPUProfile()
+		}
+		for _, f := range files {
+			if err := f.Close(); err != nil {
+				fatalf("%v", err)
+			}
+			fmt.Fprintf(os.Stderr, "wrote %s\n", f.Name())
+		}
+	}
+}
+
+// updateReadme writes the latency tables into the -readme file, between
+// its markers; the chart is linked relative to it.
+func updateReadme(lat *bench.LatencyReport, m bench.Machine) {
+	doc, err := os.ReadFile(*readme)
+	if err != nil {
+		fatalf("%v", err)
+	}
+	chart := ""
+	if *latChart != "" {
+		if rel, err := filepath.Rel(filepath.Dir(*readme), *latChart); err == nil {
+			chart = filepath.ToSlash(rel)
+		}
+	}
+	s, ok := bench.ReplaceBlock(string(doc), bench.ReadmeBegin, bench.ReadmeEnd, lat.ReadmeBlock(m, chart))
+	if !ok {
+		fmt.Fprintf(os.Stderr, "%s has no %q ... %q block: not updated\n", *readme, bench.ReadmeBegin, bench.ReadmeEnd)
+		return
+	}
+	if err := os.WriteFile(*readme, []byte(s), 0o644); err != nil {
+		fatalf("%v", err)
+	}
+	fmt.Fprintf(os.Stderr, "wrote the latency block of %s\n", *readme)
 }
 
 // chartRef is how the report (-out) links to a chart file.
