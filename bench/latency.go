@@ -24,6 +24,9 @@ type LatencyOptions struct {
 	// Capacity is gomemcache's closed-loop ops/s per workload, measured in
 	// the same run; workloads missing here are measured first.
 	Capacity map[string]float64
+	// CapacityGiven says Capacity was set by hand (ermcbench
+	// -latency-capacity), not measured; the report says so.
+	CapacityGiven bool
 	// CapacityTime is the closed-loop measurement per round of a capacity
 	// not given; default 500ms, as the throughput table's.
 	CapacityTime time.Duration
@@ -31,6 +34,15 @@ type LatencyOptions struct {
 	Duration     time.Duration // measured per client, rate and round; default 1s
 	Warmup       time.Duration // unmeasured, at the same rate, before each (ermcbench: 200ms)
 	Progress     io.Writer
+}
+
+// LatencyWorkloads returns names, or the default latency workloads when
+// it is empty.
+func LatencyWorkloads(names []string) []string {
+	if len(names) == 0 {
+		return []string{"Get100B/64g", "Set100B/64g"}
+	}
+	return names
 }
 
 // DefaultLoads are the offered rates, as fractions of gomemcache's own
@@ -43,9 +55,7 @@ func (o *LatencyOptions) fill() {
 			o.Clients = append(o.Clients, m.Name)
 		}
 	}
-	if len(o.Workloads) == 0 {
-		o.Workloads = []string{"Get100B/64g", "Set100B/64g"}
-	}
+	o.Workloads = LatencyWorkloads(o.Workloads)
 	if len(o.Loads) == 0 {
 		o.Loads = DefaultLoads
 	}

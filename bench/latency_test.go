@@ -312,7 +312,7 @@ func TestLatencyReport(t *testing.T) {
 		}
 	}
 	block := rep.ReadmeBlock(Machine{NumCPU: 2, LoadAvg: "1.50 1.20 1.00"}, "bench/latency.svg")
-	for _, want := range []string{p99, "load average 1.50 at the start", "over 3 rounds", "with 64 goroutines", "(bench/latency.svg)"} {
+	for _, want := range []string{p99, "load average 1.50 at the start", "over 3 rounds", "at 64 goroutines measured in the same run", "(bench/latency.svg)"} {
 		if !strings.Contains(block, want) {
 			t.Errorf("README block lacks %q:\n%s", want, block)
 		}

@@ -10,9 +10,9 @@ import (
 
 // Latency chart geometry, in SVG pixels.
 const (
-	latPanelW = 560 // one panel per workload
+	latPanelW = 640 // one panel per workload, as wide as the throughput chart's
 	latPlotL  = 70  // left margin of a panel: the y labels
-	latPlotW  = 460
+	latPlotW  = 530
 	latPlotH  = 320
 	latTop    = 120
 )

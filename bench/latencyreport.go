@@ -78,6 +78,14 @@ func (rep *LatencyReport) P99Table(workload string) string {
 	return b.String()
 }
 
+// capacitySource says what the offered rates are fractions of.
+func (rep *LatencyReport) capacitySource() string {
+	if rep.Options.CapacityGiven {
+		return "a capacity given by hand (-latency-capacity), not measured"
+	}
+	return fmt.Sprintf("gomemcache's own closed-loop ops/s at %d goroutines measured in the same run", workersOf(rep.Options.Workloads))
+}
+
 // Method is the paragraph saying how the latency was measured.
 func (rep *LatencyReport) Method() string {
 	o := rep.Options
@@ -89,10 +97,10 @@ func (rep *LatencyReport) Method() string {
 	return fmt.Sprintf("Open loop over loopback TCP: %d goroutines (the cap on requests outstanding) send requests that fall due at a fixed total rate, "+
 		"and each request's latency runs from when it was due, not from when it was sent, so requests due while a client is stalled count their wait. "+
 		"Requests still unsent when the %v window closes count with the wait they had then. Latencies go into an HDR histogram (µs, 3 significant digits). "+
-		"Offered rates are fractions of gomemcache's own closed-loop ops/s at %d goroutines measured in the same run (%s). "+
+		"Offered rates are fractions of %s (%s). "+
 		"Medians over %s of %v per client and rate (after a %v warm-up at that rate), clients in an order rotated every round; "+
 		"done/s is the rate of requests completed; the last column shows how much the rounds disagreed.",
-		workers, o.Duration, workers, strings.Join(caps, ", "), plural(o.Rounds, "round"), o.Duration, o.Warmup)
+		workers, o.Duration, rep.capacitySource(), strings.Join(caps, ", "), plural(o.Rounds, "round"), o.Duration, o.Warmup)
 }
 
 // Markdown is the latency section of the report.
@@ -144,8 +152,8 @@ func (rep *LatencyReport) ReadmeBlock(m Machine, chart string) string {
 		fmt.Fprintf(&b, ", load average %s at the start of the run", strings.Fields(m.LoadAvg)[0])
 	}
 	fmt.Fprintf(&b, ". Median p99 over %s, open loop, latency from each request's due time; "+
-		"offered rates are fractions of gomemcache's own closed-loop ops/s with %d goroutines in the same run. "+
-		"p50, p99.9, max and the spread over rounds: bench/results.md.\n\n", plural(rep.Options.Rounds, "round"), workersOf(rep.Options.Workloads))
+		"offered rates are fractions of %s. "+
+		"p50, p99.9, max and the spread over rounds: bench/results.md.\n\n", plural(rep.Options.Rounds, "round"), rep.capacitySource())
 	for _, w := range rep.Options.Workloads {
 		fmt.Fprintf(&b, "%s:\n\n", w)
 		b.WriteString(rep.P99Table(w))

@@ -110,6 +110,7 @@ var (
 	latWarmup    = flag.Duration("latency-warmup", envDuration("BENCH_LATENCY_WARMUP", 200*time.Millisecond), "unmeasured warm-up at the same rate before each latency measurement (env BENCH_LATENCY_WARMUP)")
 	latRounds    = flag.Int("latency-rounds", envInt("BENCH_LATENCY_ROUNDS", 0), "rounds of the latency runs; 0: as -rounds (env BENCH_LATENCY_ROUNDS)")
 	latLoads     = flag.String("latency-loads", env("BENCH_LATENCY_LOADS", ""), "offered rates as fractions of gomemcache's closed-loop ops/s, e.g. 0.25,0.5,1,3 (env BENCH_LATENCY_LOADS)")
+	latCapacity  = flag.Float64("latency-capacity", 0, "take this as gomemcache's closed-loop ops/s on every latency workload instead of measuring it, for offered rates that are the same in every run (e.g. 100000 with -latency-loads 0.4 offers 40k/s)")
 	latClients   = flag.String("latency-clients", env("BENCH_LATENCY_CLIENTS", ""), "clients of the latency runs; empty: all; name@n gives a pooled client n connections (env BENCH_LATENCY_CLIENTS)")
 	latWorkloads = flag.String("latency-workloads", env("BENCH_LATENCY_WORKLOADS", ""), "workloads of the latency runs; empty: Get100B/64g,Set100B/64g (env BENCH_LATENCY_WORKLOADS)")
 	readme       = flag.String("readme", "", "replace the latency block of this README (between its markers) with the latency tables")
@@ -218,16 +219,23 @@ func compare(m bench.Machine) {
 			}
 			loads = append(loads, x)
 		}
+		if *latCapacity > 0 {
+			caps = map[string]float64{}
+			for _, w := range bench.LatencyWorkloads(splitList(*latWorkloads)) {
+				caps[w] = *latCapacity
+			}
+		}
 		lat, err := bench.RunLatency(bench.LatencyOptions{
-			Addr:      *addr,
-			Clients:   splitList(*latClients),
-			Workloads: splitList(*latWorkloads),
-			Loads:     loads,
-			Capacity:  caps,
-			Rounds:    lr,
-			Duration:  *latTime,
-			Warmup:    *latWarmup,
-			Progress:  os.Stderr,
+			Addr:          *addr,
+			Clients:       splitList(*latClients),
+			Workloads:     splitList(*latWorkloads),
+			Loads:         loads,
+			Capacity:      caps,
+			CapacityGiven: *latCapacity > 0,
+			Rounds:        lr,
+			Duration:      *latTime,
+			Warmup:        *latWarmup,
+			Progress:      os.Stderr,
 		})
 		if err != nil {
 			fatalf("%v", err)
@@ -294,9 +302,7 @@ func updateReadme(lat *bench.LatencyReport, m bench.Machine) {
 	}
 	chart := ""
 	if *latChart != "" {
-		if rel, err := filepath.Rel(filepath.Dir(*readme), *latChart); err == nil {
-			chart = filepath.ToSlash(rel)
-		}
+		chart = relPath(filepath.Dir(*readme), *latChart)
 	}
 	s, ok := bench.ReplaceBlock(string(doc), bench.ReadmeBegin, bench.ReadmeEnd, lat.ReadmeBlock(m, chart))
 	if !ok {
@@ -314,7 +320,18 @@ func chartRef(path string) string {
 	if path == "" || *out == "" {
 		return ""
 	}
-	rel, err := filepath.Rel(filepath.Dir(*out), path)
+	return relPath(filepath.Dir(*out), path)
+}
+
+// relPath is path as a link from the directory dir: both may be relative
+// to the working directory ("../README.md" links to "bench/latency.svg").
+func relPath(dir, path string) string {
+	ad, err1 := filepath.Abs(dir)
+	ap, err2 := filepath.Abs(path)
+	if err1 != nil || err2 != nil {
+		return ""
+	}
+	rel, err := filepath.Rel(ad, ap)
 	if err != nil {
 		return ""
 	}
