@@ -483,6 +483,7 @@ func writeProfilesReadme(dir string, m bench.Machine, server string, svgs []svgS
 	}
 	b.WriteString("\nExplore them with `go tool pprof -http=: profiles/cpu-ultra-64g.pprof`, or `go tool pprof -top -sample_index=alloc_objects profiles/allocs.pprof`.\n")
 	b.WriteString("A load average near or above `nproc` means other work shared the CPUs: the profiles still show where ermc spends its time, but not how fast it is.\n")
+	b.WriteString("\n`latency/` holds the profiles and traces of the pooled drivers' latency investigation; its own README (not generated) says how they were made.\n")
 	path := filepath.Join(dir, "README.md")
 	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
 		fatalf("%v", err)
