@@ -12,13 +12,13 @@ import (
 //
 // Idle connections are reused last in, first out: the connection just
 // returned is the next one taken, so a light or bursty load runs on the
-// few connections it needs and the others stay idle. (A first-in,
-// first-out queue spreads the requests over every connection ever opened,
-// and so over every memcached worker thread: each of them wakes for a
-// fraction of the requests, on two cores shared with the client. With
-// MaxConns high that made the tail worse as MaxConns grew.) Callers that
-// find MaxConns connections busy wait first in, first out, and a
-// connection put back goes straight to the longest waiter.
+// few connections it needs and the others stay idle, however many a
+// burst opened. (First in, first out spreads the requests over every open
+// connection: each waits longest between uses, so its deadline moves on
+// every request, and every memcached worker thread the connections are
+// spread over wakes for its share of them.) Callers that find MaxConns
+// connections busy wait first in, first out, and a connection put back
+// goes straight to the longest waiter.
 type connPool struct {
 	d   dialer
 	max int
