@@ -13,9 +13,10 @@ var clientColor = map[string]string{
 	"ermc-text":   "#1f77b4",
 	"ermc-binary": "#ff7f0e",
 	"ermc-ultra":  "#2ca02c",
+	"ermc-meta":   "#9467bd",
 }
 
-var fallbackColors = []string{"#9467bd", "#d62728", "#17becf", "#bcbd22"}
+var fallbackColors = []string{"#d62728", "#17becf", "#bcbd22", "#e377c2"}
 
 // Chart geometry, in SVG pixels.
 const (

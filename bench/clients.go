@@ -75,6 +75,7 @@ func Makers() []Maker {
 		{"ermc-text", ermcMaker(ermc.Text)},
 		{"ermc-binary", ermcMaker(ermc.Binary)},
 		{"ermc-ultra", ermcMaker(ermc.Ultra)},
+		{"ermc-meta", ermcMaker(ermc.Meta)},
 	}
 }
 
