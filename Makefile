@@ -36,14 +36,16 @@ lint:
 
 # bench: ermc (text, binary, ultra) against gomemcache on a throwaway
 # memcached on a free loopback port (or ERMC_BENCH_ADDR) and over an
-# in-memory responder, clients alternated round by round. Prints the table
-# of medians and writes bench/results.md, bench/chart.svg (and .png), and
-# ermc's CPU and allocation profiles into profiles/. Tune with BENCH_ROUNDS
-# (3), BENCH_TIME (500ms per measurement), BENCH_WORKLOADS, BENCH_TRANSPORTS;
-# see bench/README.md.
+# in-memory responder, clients alternated round by round; then open-loop
+# latency at fixed offered rates. Prints the tables of medians and writes
+# bench/results.md, bench/chart.svg and bench/latency.svg (and .png), the
+# README's latency block, and ermc's CPU and allocation profiles into
+# profiles/. Tune with BENCH_ROUNDS (3), BENCH_TIME (500ms per
+# measurement), BENCH_WORKLOADS, BENCH_TRANSPORTS, BENCH_LATENCY_TIME (1s)
+# and the other BENCH_LATENCY_* variables; see bench/README.md.
 bench: deps
 	@sh bench/install-tools.sh
-	cd bench && $(GO) run ./cmd/ermcbench -cmd "make bench" -out results.md -chart chart.svg -profiles ../profiles
+	cd bench && $(GO) run ./cmd/ermcbench -cmd "make bench" -out results.md -chart chart.svg -latency-chart latency.svg -readme ../README.md -profiles ../profiles
 
 # profile: only ermc's CPU and allocation profiles (and their call graphs)
 # into profiles/; BENCH_PROFILE_TIME (3s) per workload.

@@ -10,6 +10,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/bradfitz/gomemcache/memcache"
@@ -45,6 +47,15 @@ type Config struct {
 	CompressThreshold int
 	// DialContext replaces the TCP dialer (the in-memory transport).
 	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Conns overrides the constant Conns when positive.
+	Conns int
+}
+
+func (cfg Config) conns() int {
+	if cfg.Conns > 0 {
+		return cfg.Conns
+	}
+	return Conns
 }
 
 // Maker builds a fresh client.
@@ -64,16 +75,31 @@ func Makers() []Maker {
 		{"ermc-text", ermcMaker(ermc.Text)},
 		{"ermc-binary", ermcMaker(ermc.Binary)},
 		{"ermc-ultra", ermcMaker(ermc.Ultra)},
+		{"ermc-meta", ermcMaker(ermc.Meta)},
 	}
 }
 
 // MakerByName returns the maker called name: one of Makers, or the
-// Tracer's (tracer.go).
+// Tracer's (tracer.go). "name@n" is that client with n connections
+// instead of Conns (for comparisons by hand, e.g. ermc-text@8).
 func MakerByName(name string) (Maker, bool) {
-	for _, m := range append(Makers(), tracerMaker) {
-		if m.Name == name {
-			return m, true
+	base, conns, ok := strings.Cut(name, "@")
+	n := 0
+	if ok {
+		var err error
+		if n, err = strconv.Atoi(conns); err != nil || n <= 0 {
+			return Maker{}, false
 		}
+	}
+	for _, m := range append(Makers(), tracerMaker) {
+		if m.Name != base {
+			continue
+		}
+		if n > 0 {
+			mk := m.New
+			m.Name, m.New = name, func(cfg Config) (Client, error) { cfg.Conns = n; return mk(cfg) }
+		}
+		return m, true
 	}
 	return Maker{}, false
 }
@@ -95,7 +121,7 @@ func ermcMaker(p ermc.Protocol) func(Config) (Client, error) {
 			// As many connections as gomemcache keeps idle, so the pooled
 			// drivers are compared at equal footing (Ultra shares one
 			// connection per core whatever this says).
-			MaxConns:          Conns,
+			MaxConns:          cfg.conns(),
 			Timeout:           Timeout,
 			ConnectTimeout:    Timeout,
 			CompressThreshold: cfg.CompressThreshold,
@@ -169,7 +195,7 @@ func newGomemcache(cfg Config) (Client, error) {
 	c := memcache.New(cfg.Addr)
 	// Its best configuration for many goroutines: enough idle connections
 	// that it does not redial under load, and the same timeout as ermc.
-	c.MaxIdleConns = Conns
+	c.MaxIdleConns = cfg.conns()
 	c.Timeout = Timeout
 	c.DialContext = cfg.DialContext
 	return gomemcacheClient{c, cfg.CompressThreshold}, nil

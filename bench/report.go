@@ -182,18 +182,38 @@ func (rep *Report) Table(tr string) string {
 	return b.String()
 }
 
+// reportHeader is the report's title, how and where it was produced.
+// took and loadAfter may be unknown (zero, empty) when it is written.
+func reportHeader(m Machine, command string, started time.Time, took time.Duration, loadAfter string) string {
+	var b strings.Builder
+	b.WriteString("# ermc vs gomemcache\n\n")
+	fmt.Fprintf(&b, "Produced by `%s` on %s", command, started.UTC().Format("2006-01-02 15:04 MST"))
+	if took > 0 {
+		fmt.Fprintf(&b, " in %s", took.Round(time.Second))
+	}
+	fmt.Fprintf(&b, ".\n\nMachine: %s.", m)
+	if m.LoadAvg != "" {
+		fmt.Fprintf(&b, " Load average (1, 5, 15 min) at the start: %s", m.LoadAvg)
+		if loadAfter != "" {
+			fmt.Fprintf(&b, "; at the end: %s", loadAfter)
+		}
+		b.WriteString(".")
+	}
+	b.WriteString("\n\n")
+	return b.String()
+}
+
+// LatencyHeader heads a report of latency runs alone.
+func LatencyHeader(m Machine, command string) string {
+	return reportHeader(m, command, time.Now(), 0, "")
+}
+
 // Markdown is the whole report: how it was made, one table per transport,
 // what each workload's op is, and any errors.
 func (rep *Report) Markdown(m Machine, command, chart string) string {
 	o := rep.Options
 	var b strings.Builder
-	b.WriteString("# ermc vs gomemcache\n\n")
-	fmt.Fprintf(&b, "Produced by `%s` on %s in %s.\n\n", command, rep.Started.UTC().Format("2006-01-02 15:04 MST"), rep.Took.Round(time.Second))
-	fmt.Fprintf(&b, "Machine: %s.", m)
-	if m.LoadAvg != "" {
-		fmt.Fprintf(&b, " Load average (1, 5, 15 min) at the start: %s; at the end: %s.", m.LoadAvg, rep.LoadAfter)
-	}
-	b.WriteString("\n\n")
+	b.WriteString(reportHeader(m, command, rep.Started, rep.Took, rep.LoadAfter))
 	fmt.Fprintf(&b, "Medians over %s; in each round every client runs each workload once for %v (after a %v warm-up), "+
 		"clients in an order rotated every round. allocs/op and B/op are runtime.MemStats deltas (Mallocs, TotalAlloc) over the "+
 		"measurement divided by its ops. \"vs gomemcache\" is the median of the per-round ratios of ops/s; the range shows how much the rounds disagreed. "+

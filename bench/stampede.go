@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"html"
 	"io"
 	"math"
 	"slices"
@@ -300,16 +299,6 @@ func quantile(sorted []time.Duration, q float64) time.Duration {
 	return sorted[max(i, 0)]
 }
 
-func fmtLatency(d time.Duration) string {
-	switch {
-	case d >= time.Second:
-		return fmt.Sprintf("%.2f s", d.Seconds())
-	case d >= time.Millisecond:
-		return fmt.Sprintf("%.1f ms", float64(d)/1e6)
-	}
-	return fmt.Sprintf("%.0f µs", float64(d)/1e3)
-}
-
 // Markdown is the scenario's section of the report.
 func (s *StampedeReport) Markdown() string {
 	o := s.Options
@@ -338,16 +327,15 @@ const (
 	stampedeBarW = 220
 )
 
-// svg draws the scenario at (x, y), two bar groups side by side: loads per
-// expiry and p99 latency, one bar per client (linear, the largest fills
-// the width). It returns the SVG elements and the height they take.
-func (s *StampedeReport) svg(x, y int, colors map[string]string) (string, int) {
-	var b strings.Builder
-	text := func(x, y, size int, anchor, weight, t string) {
-		fmt.Fprintf(&b, `<text x="%d" y="%d" font-size="%d" text-anchor="%s" font-weight="%s">%s</text>`+"\n", x, y, size, anchor, weight, html.EscapeString(t))
-	}
+// svgHeight is the height svg draws.
+func (s *StampedeReport) svgHeight() int { return 22 + 8 + len(s.Results)*stampedeRowH + 20 }
+
+// svg draws the scenario into d at (x, y), two bar groups side by side:
+// loads per expiry and p99 latency, one bar per client (linear, the
+// largest fills the width), each client in its colour of the chart.
+func (s *StampedeReport) svg(d *svgDoc, x, y int, colors map[string]string) {
 	o := s.Options
-	text(x, y, 14, "start", "bold", fmt.Sprintf("Stampede: %d clients × %d goroutines read one key that expires every %v and takes %v to load (lower is better)",
+	d.text(x, y, 14, "start", "bold", fmt.Sprintf("Stampede: %d clients × %d goroutines read one key that expires every %v and takes %v to load (lower is better)",
 		o.Processes, o.Goroutines, o.TTL, o.Load))
 	y += 22
 	groups := []struct {
@@ -363,8 +351,8 @@ func (s *StampedeReport) svg(x, y int, colors map[string]string) (string, int) {
 		}},
 	}
 	for gi, g := range groups {
-		x0 := x + gi*(chartPanelW)
-		text(x0+chartLabelW, y, 12, "start", "bold", g.title)
+		x0 := x + gi*chartPanelW
+		d.text(x0+chartLabelW, y, 12, "start", "bold", g.title)
 		top := 0.0
 		for _, r := range s.Results {
 			if v := g.value(r); !math.IsNaN(v) {
@@ -373,18 +361,20 @@ func (s *StampedeReport) svg(x, y int, colors map[string]string) (string, int) {
 		}
 		for i, r := range s.Results {
 			ry := y + 8 + i*stampedeRowH
-			col, ok := colors[r.Client]
-			if !ok {
+			col := colors[r.Client]
+			if col == "" {
+				col = clientColor[r.Client]
+			}
+			if col == "" {
 				col = fallbackColors[i%len(fallbackColors)]
 			}
 			w := 0
 			if v := g.value(r); top > 0 && !math.IsNaN(v) {
 				w = int(math.Round(v / top * stampedeBarW))
 			}
-			text(x0+chartLabelW-8, ry+chartBarH-2, 12, "end", "normal", r.Client)
-			fmt.Fprintf(&b, `<rect x="%d" y="%d" width="%d" height="%d" fill="%s"/>`+"\n", x0+chartLabelW, ry, w, chartBarH, col)
-			text(x0+chartLabelW+w+4, ry+chartBarH-2, 10, "start", "normal", g.label(r))
+			d.text(x0+chartLabelW-8, ry+chartBarH-2, 12, "end", "normal", r.Client)
+			fmt.Fprintf(d, `<rect x="%d" y="%d" width="%d" height="%d" fill="%s"/>`+"\n", x0+chartLabelW, ry, w, chartBarH, col)
+			d.text(x0+chartLabelW+w+4, ry+chartBarH-2, 10, "start", "normal", g.label(r))
 		}
 	}
-	return b.String(), 22 + 8 + len(s.Results)*stampedeRowH + 20
 }

@@ -12,6 +12,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
+	"runtime/trace"
 	"strconv"
 	"strings"
 	"time"
@@ -102,6 +104,19 @@ var (
 	profileTime  = flag.Duration("profile-time", envDuration("BENCH_PROFILE_TIME", 3*time.Second), "run time per workload of the CPU profiles (env BENCH_PROFILE_TIME)")
 	allocTime    = flag.Duration("alloc-profile-time", envDuration("BENCH_ALLOC_PROFILE_TIME", 200*time.Millisecond), "run time per workload of the allocation profile")
 	onlyProfiles = flag.Bool("only-profiles", false, "write the profiles only, no comparison")
+	latency      = flag.Bool("latency", env("BENCH_LATENCY", "1") != "0", "after the throughput table, measure open-loop latency at fixed offered rates (env BENCH_LATENCY=0 skips it)")
+	latencyOnly  = flag.Bool("latency-only", false, "measure only the open-loop latency (gomemcache's capacity first), no throughput table, no profiles")
+	latTime      = flag.Duration("latency-time", envDuration("BENCH_LATENCY_TIME", time.Second), "measured time per client, rate and round of the latency runs (env BENCH_LATENCY_TIME)")
+	latWarmup    = flag.Duration("latency-warmup", envDuration("BENCH_LATENCY_WARMUP", 200*time.Millisecond), "unmeasured warm-up at the same rate before each latency measurement (env BENCH_LATENCY_WARMUP)")
+	latRounds    = flag.Int("latency-rounds", envInt("BENCH_LATENCY_ROUNDS", 0), "rounds of the latency runs; 0: as -rounds (env BENCH_LATENCY_ROUNDS)")
+	latLoads     = flag.String("latency-loads", env("BENCH_LATENCY_LOADS", ""), "offered rates as fractions of gomemcache's closed-loop ops/s, e.g. 0.25,0.5,1,3 (env BENCH_LATENCY_LOADS)")
+	latCapacity  = flag.Float64("latency-capacity", 0, "take this as gomemcache's closed-loop ops/s on every latency workload instead of measuring it, for offered rates that are the same in every run (e.g. 100000 with -latency-loads 0.4 offers 40k/s)")
+	latClients   = flag.String("latency-clients", env("BENCH_LATENCY_CLIENTS", ""), "clients of the latency runs; empty: all; name@n gives a pooled client n connections (env BENCH_LATENCY_CLIENTS)")
+	latWorkloads = flag.String("latency-workloads", env("BENCH_LATENCY_WORKLOADS", ""), "workloads of the latency runs; empty: Get100B/64g,Set100B/64g (env BENCH_LATENCY_WORKLOADS)")
+	readme       = flag.String("readme", "", "replace the latency block of this README (between its markers) with the latency tables")
+	latChart     = flag.String("latency-chart", "", "write the latency chart (SVG, and PNG beside it) here")
+	traceFile    = flag.String("trace", "", "write an execution trace of the comparison here (go tool trace; keep the run short)")
+	cpuFile      = flag.String("cpuprofile", "", "write a CPU profile of the comparison (every client) here")
 	command      = flag.String("cmd", "", "how this run was started, for the reports (e.g. \"make bench\")")
 	allocChild   = flag.String("alloc-child", "", "internal: write the allocation profile to this file and exit")
 	stampedeTime = flag.Duration("stampede-time", envDuration("BENCH_STAMPEDE_TIME", 3*time.Second), "run time per client of the stampede scenario; 0: skip it (env BENCH_STAMPEDE_TIME)")
@@ -165,57 +180,88 @@ func main() {
 		return
 	}
 	if !*onlyProfiles {
+		stop := startTracing()
 		compare(m)
+		stop()
 	}
-	if *profiles != "" {
+	if *profiles != "" && !*latencyOnly {
 		writeProfiles(m, server)
 	}
 	fmt.Fprintf(os.Stderr, "ermcbench done in %s\n", time.Since(began).Round(time.Second))
 }
 
 func compare(m bench.Machine) {
-	opts := bench.Options{
-		Addr:              *addr,
-		Transports:        splitList(*transports),
-		Workloads:         splitList(*workloads),
-		Rounds:            *rounds,
-		Duration:          *duration,
-		Warmup:            *warmup,
-		CompressThreshold: *threshold,
-		MemMode:           *memMode,
-		Progress:          os.Stderr,
-	}
-	rep, err := bench.Run(opts)
-	if err != nil {
-		fatalf("%v", err)
-	}
-	if *stampedeTime > 0 {
-		rep.Stampede = stampede()
-	}
-	chartRef := ""
-	if *chart != "" {
-		if *out != "" {
-			if rel, err := filepath.Rel(filepath.Dir(*out), *chart); err == nil {
-				chartRef = filepath.ToSlash(rel)
-			}
-		}
-		if err := os.WriteFile(*chart, rep.Chart(m), 0o644); err != nil {
+	var (
+		md   string
+		caps map[string]float64
+	)
+	if !*latencyOnly {
+		rep, err := bench.Run(bench.Options{
+			Addr:              *addr,
+			Transports:        splitList(*transports),
+			Workloads:         splitList(*workloads),
+			Rounds:            *rounds,
+			Duration:          *duration,
+			Warmup:            *warmup,
+			CompressThreshold: *threshold,
+			MemMode:           *memMode,
+			Progress:          os.Stderr,
+		})
+		if err != nil {
 			fatalf("%v", err)
 		}
-		fmt.Fprintf(os.Stderr, "wrote %s\n", *chart)
-		if png := strings.TrimSuffix(*chart, ".svg") + ".png"; png != *chart {
-			if conv, err := exec.LookPath("rsvg-convert"); err == nil {
-				if b, err := exec.Command(conv, "-o", png, *chart).CombinedOutput(); err != nil {
-					fmt.Fprintf(os.Stderr, "rsvg-convert: %v %s\n", err, b)
-				} else {
-					fmt.Fprintf(os.Stderr, "wrote %s\n", png)
-				}
-			} else {
-				fmt.Fprintln(os.Stderr, "no PNG chart: rsvg-convert (librsvg2-bin) is not installed")
+		if *stampedeTime > 0 {
+			rep.Stampede = stampede()
+		}
+		caps = rep.Capacities()
+		writeChart(*chart, rep.Chart(m))
+		md = rep.Markdown(m, *command, chartRef(*chart))
+	} else {
+		md = bench.LatencyHeader(m, *command)
+	}
+	if *latency || *latencyOnly {
+		lr := *latRounds
+		if lr <= 0 {
+			lr = *rounds
+		}
+		var loads []float64
+		for _, f := range splitList(*latLoads) {
+			x, err := strconv.ParseFloat(f, 64)
+			if err != nil || x <= 0 {
+				fatalf("-latency-loads: %q is not a positive fraction", f)
+			}
+			loads = append(loads, x)
+		}
+		if *latCapacity > 0 {
+			caps = map[string]float64{}
+			for _, w := range bench.LatencyWorkloads(splitList(*latWorkloads)) {
+				caps[w] = *latCapacity
 			}
 		}
+		lat, err := bench.RunLatency(bench.LatencyOptions{
+			Addr:          *addr,
+			Clients:       splitList(*latClients),
+			Workloads:     splitList(*latWorkloads),
+			Loads:         loads,
+			Capacity:      caps,
+			CapacityGiven: *latCapacity > 0,
+			Rounds:        lr,
+			Duration:      *latTime,
+			Warmup:        *latWarmup,
+			Progress:      os.Stderr,
+		})
+		if err != nil {
+			fatalf("%v", err)
+		}
+		writeChart(*latChart, lat.Chart(m))
+		md += "\n" + lat.Markdown(chartRef(*latChart))
+		if *readme != "" {
+			updateReadme(lat, m)
+		}
 	}
-	md := rep.Markdown(m, *command, chartRef) + tracerSection()
+	if !*latencyOnly {
+		md += tracerSection()
+	}
 	fmt.Println(md)
 	if *out != "" {
 		if err := os.WriteFile(*out, []byte(md), 0o644); err != nil {
@@ -232,6 +278,115 @@ func stampede() *bench.StampedeReport {
 		fatalf("%v", err)
 	}
 	return st
+}
+
+// startTracing starts the -trace and -cpuprofile recordings, if asked
+// for, and returns what stops them.
+func startTracing() (stop func()) {
+	var files []*os.File
+	create := func(path string) *os.File {
+		f, err := os.Create(path)
+		if err != nil {
+			fatalf("%v", err)
+		}
+		files = append(files, f)
+		return f
+	}
+	if *traceFile != "" {
+		if err := trace.Start(create(*traceFile)); err != nil {
+			fatalf("trace: %v", err)
+		}
+	}
+	if *cpuFile != "" {
+		if err := pprof.StartCPUProfile(create(*cpuFile)); err != nil {
+			fatalf("cpu profile: %v", err)
+		}
+	}
+	return func() {
+		if *traceFile != "" {
+			trace.Stop()
+		}
+		if *cpuFile != "" {
+			pprof.StopCPUProfile()
+		}
+		for _, f := range files {
+			if err := f.Close(); err != nil {
+				fatalf("%v", err)
+			}
+			fmt.Fprintf(os.Stderr, "wrote %s\n", f.Name())
+		}
+	}
+}
+
+// updateReadme writes the latency tables into the -readme file, between
+// its markers; the chart is linked relative to it.
+func updateReadme(lat *bench.LatencyReport, m bench.Machine) {
+	doc, err := os.ReadFile(*readme)
+	if err != nil {
+		fatalf("%v", err)
+	}
+	chart := ""
+	if *latChart != "" {
+		chart = relPath(filepath.Dir(*readme), *latChart)
+	}
+	s, ok := bench.ReplaceBlock(string(doc), bench.ReadmeBegin, bench.ReadmeEnd, lat.ReadmeBlock(m, chart))
+	if !ok {
+		fmt.Fprintf(os.Stderr, "%s has no %q ... %q block: not updated\n", *readme, bench.ReadmeBegin, bench.ReadmeEnd)
+		return
+	}
+	if err := os.WriteFile(*readme, []byte(s), 0o644); err != nil {
+		fatalf("%v", err)
+	}
+	fmt.Fprintf(os.Stderr, "wrote the latency block of %s\n", *readme)
+}
+
+// chartRef is how the report (-out) links to a chart file.
+func chartRef(path string) string {
+	if path == "" || *out == "" {
+		return ""
+	}
+	return relPath(filepath.Dir(*out), path)
+}
+
+// relPath is path as a link from the directory dir: both may be relative
+// to the working directory ("../README.md" links to "bench/latency.svg").
+func relPath(dir, path string) string {
+	ad, err1 := filepath.Abs(dir)
+	ap, err2 := filepath.Abs(path)
+	if err1 != nil || err2 != nil {
+		return ""
+	}
+	rel, err := filepath.Rel(ad, ap)
+	if err != nil {
+		return ""
+	}
+	return filepath.ToSlash(rel)
+}
+
+// writeChart writes an SVG chart to path, and a PNG beside it when
+// rsvg-convert is installed; nothing when path is empty.
+func writeChart(path string, svg []byte) {
+	if path == "" {
+		return
+	}
+	if err := os.WriteFile(path, svg, 0o644); err != nil {
+		fatalf("%v", err)
+	}
+	fmt.Fprintf(os.Stderr, "wrote %s\n", path)
+	png := strings.TrimSuffix(path, ".svg") + ".png"
+	if png == path {
+		return
+	}
+	conv, err := exec.LookPath("rsvg-convert")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "no PNG chart: rsvg-convert (librsvg2-bin) is not installed")
+		return
+	}
+	if b, err := exec.Command(conv, "-o", png, path).CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "rsvg-convert: %v %s\n", err, b)
+		return
+	}
+	fmt.Fprintf(os.Stderr, "wrote %s\n", png)
 }
 
 func writeProfiles(m bench.Machine, server string) {
@@ -353,6 +508,7 @@ func writeProfilesReadme(dir string, m bench.Machine, server string, svgs []svgS
 	}
 	b.WriteString("\nExplore them with `go tool pprof -http=: profiles/cpu-ultra-64g.pprof`, or `go tool pprof -top -sample_index=alloc_objects profiles/allocs.pprof`.\n")
 	b.WriteString("A load average near or above `nproc` means other work shared the CPUs: the profiles still show where ermc spends its time, but not how fast it is.\n")
+	b.WriteString("\n`latency/` holds the profiles and traces of the pooled drivers' latency investigation; its own README (not generated) says how they were made.\n")
 	path := filepath.Join(dir, "README.md")
 	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
 		fatalf("%v", err)
