@@ -269,8 +269,15 @@ func (ln *lane) writeLoop(ctx context.Context, own *request) (direct bool) {
 
 		var wire []*request
 		cn.wbuf, wire = ln.encodeBatch(cn.wbuf[:0], batch)
-		if ln.publish(cn, batch, wire, own) {
-			if err := cn.write(context.Background(), cn.wbuf, deadlineAfter(ln.u.d.opts.Timeout)); err != nil {
+		// One clock reading per batch: when its replies are due, and the
+		// write's deadline.
+		now := time.Now()
+		if ln.publish(cn, batch, wire, own, now) {
+			due := time.Time{}
+			if t := ln.u.d.opts.Timeout; t > 0 {
+				due = deadlineFrom(now, t)
+			}
+			if err := cn.write(context.Background(), cn.wbuf, due); err != nil {
 				ln.closeWith(cn, err)
 			}
 		}
@@ -388,8 +395,7 @@ func (ln *lane) appendFence(dst []byte, wire []*request) ([]byte, []*request) {
 // If cn failed meanwhile, nothing was sent: the batch goes back to the
 // head of the queue, for the next connection, and publish reports false;
 // if the client closed, the requests fail.
-func (ln *lane) publish(cn *netConn, batch, wire []*request, own *request) bool {
-	now := time.Now()
+func (ln *lane) publish(cn *netConn, batch, wire []*request, own *request, now time.Time) bool {
 	ln.mu.Lock()
 	if ln.u.closed.Load() {
 		for _, r := range wire {
