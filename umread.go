@@ -242,7 +242,8 @@ func (ln *lane) startParse() *request {
 
 // finishParse pops the parsed request and completes it. When more reply
 // bytes are buffered (more), it also takes the next head for parsing, in
-// the same critical section: one lock per reply, not two.
+// the same critical section: one lock per reply, not two; with nothing
+// left in flight, those bytes take the connection out of service.
 func (ln *lane) finishParse(r *request, more bool) (next *request) {
 	ln.mu.Lock()
 	ln.flight.pop()
@@ -255,6 +256,11 @@ func (ln *lane) finishParse(r *request, more bool) (next *request) {
 	if more {
 		if next = ln.flight.peek(); next != nil {
 			next.setWhere(atParse)
+		} else if ln.cn == ln.readCn {
+			// Bytes past the last reply: the stream is out of step. The
+			// connection leaves service now, before r's caller wakes and
+			// writes its next request to it; parseBuffered then fails it.
+			ln.cn = nil
 		}
 	}
 	ln.mu.Unlock()
