@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"io"
 	"net"
+	"os"
 	"testing"
 	"time"
 
@@ -119,4 +120,65 @@ func checkSlowReplies(t *testing.T, c *Client, prefix string) {
 	st, err := c.Stats(bg)
 	require.NoError(t, err)
 	require.NotEmpty(t, st["pid"])
+}
+
+// deadlineRecorder is a connection whose first reads time out at once; it
+// records the read deadline in effect at each read, and when the read
+// began.
+type deadlineRecorder struct {
+	net.Conn
+	cur   time.Time
+	set   []time.Time
+	at    []time.Time
+	reads int
+}
+
+func (d *deadlineRecorder) SetReadDeadline(t time.Time) error {
+	d.cur = t
+	return nil
+}
+
+func (d *deadlineRecorder) Read(p []byte) (int, error) {
+	d.reads++
+	d.set, d.at = append(d.set, d.cur), append(d.at, time.Now())
+	if d.reads == 4 {
+		return copy(p, "x"), nil
+	}
+	return 0, os.ErrDeadlineExceeded
+}
+
+// The README's "a cancelled request waiting on a silent server returns
+// within about 5 ms": while it waits for a cancellable context, a read
+// never gets a deadline more than cancelPoll (and the rounding grain)
+// ahead, and each time one runs out the context is looked at.
+func TestCancelPollDeadlines(t *testing.T) {
+	for _, ctxKind := range []string{"cancel", "deadline"} {
+		rec := &deadlineRecorder{}
+		c := newNetConn(rec, "test")
+		ctx, cancel := context.WithCancel(bg)
+		if ctxKind == "deadline" {
+			ctx, cancel = context.WithTimeout(bg, time.Hour)
+		}
+		n, err := c.read(ctx, make([]byte, 8), deadlineAfter(time.Minute))
+		require.NoError(t, err)
+		require.Equal(t, 1, n)
+		require.Len(t, rec.set, 4, "%s: reads", ctxKind)
+		for i, dl := range rec.set {
+			require.LessOrEqual(t, dl.Sub(rec.at[i]), cancelPoll+deadlineGrain, "%s: read %d's deadline", ctxKind, i)
+		}
+		cancel()
+		rec.reads = 0
+		_, err = c.read(ctx, make([]byte, 8), deadlineAfter(time.Minute))
+		require.Equal(t, errCtxDone, err, "%s: a read for an ended context stops at the first slice", ctxKind)
+		require.Equal(t, 1, rec.reads)
+	}
+	// With a context that cannot end, the read waits for the request's
+	// own deadline only.
+	rec := &deadlineRecorder{}
+	due := deadlineAfter(time.Minute)
+	_, err := newNetConn(rec, "test").read(bg, make([]byte, 8), due)
+	require.NoError(t, err)
+	for _, dl := range rec.set {
+		require.True(t, dl.Equal(due), "deadline %v, want the request's %v", dl, due)
+	}
 }
