@@ -154,26 +154,8 @@ func newMetaMulti(opaque uint32, keys ...string) func() *request {
 }
 
 func TestParseMetaReplyKinds(t *testing.T) {
-	type check func(t *testing.T, o outcome)
-	ok := func(t *testing.T, o outcome) {
-		t.Helper()
-		assert.True(t, o.Done, "reply should be complete")
-		assert.NoError(t, o.err)
-		assert.NoError(t, o.rerr)
-	}
-	outcomeIs := func(target error) check {
-		return func(t *testing.T, o outcome) {
-			t.Helper()
-			assert.True(t, o.Done, "reply should be complete")
-			assert.NoError(t, o.err, "the stream is in step")
-			assert.ErrorIs(t, o.rerr, target)
-		}
-	}
-	protocol := func(t *testing.T, o outcome) {
-		t.Helper()
-		assert.False(t, o.Done)
-		assert.ErrorIs(t, o.err, ErrProtocol)
-	}
+	type check = outcomeCheck
+	ok, outcomeIs, protocol := checkOK, checkOutcomeIs, checkProtocol
 	value := func(v string, flags uint32, cas uint64) check {
 		return func(t *testing.T, o outcome) {
 			t.Helper()

@@ -177,27 +177,39 @@ func newMulti(keys ...string) func() *request {
 	return func() *request { return &request{op: opGetMulti, keys: keys, maxValue: 1 << 20} }
 }
 
-func TestParseTextReplyKinds(t *testing.T) {
-	type check func(t *testing.T, o outcome)
-	ok := func(t *testing.T, o outcome) {
+// outcomeCheck is a check of one parsed reply, shared by the text and
+// meta parser tables.
+type outcomeCheck func(t *testing.T, o outcome)
+
+// checkOK: the reply is complete and clean.
+func checkOK(t *testing.T, o outcome) {
+	t.Helper()
+	assert.True(t, o.Done, "reply should be complete")
+	assert.NoError(t, o.err)
+	assert.NoError(t, o.rerr)
+}
+
+// checkOutcomeIs: the reply is complete, the stream in step, and the
+// operation's outcome is target.
+func checkOutcomeIs(target error) outcomeCheck {
+	return func(t *testing.T, o outcome) {
 		t.Helper()
 		assert.True(t, o.Done, "reply should be complete")
-		assert.NoError(t, o.err)
-		assert.NoError(t, o.rerr)
+		assert.NoError(t, o.err, "the stream is in step")
+		assert.ErrorIs(t, o.rerr, target)
 	}
-	outcomeIs := func(target error) check {
-		return func(t *testing.T, o outcome) {
-			t.Helper()
-			assert.True(t, o.Done, "reply should be complete")
-			assert.NoError(t, o.err, "the stream is in step")
-			assert.ErrorIs(t, o.rerr, target)
-		}
-	}
-	protocol := func(t *testing.T, o outcome) {
-		t.Helper()
-		assert.False(t, o.Done)
-		assert.ErrorIs(t, o.err, ErrProtocol)
-	}
+}
+
+// checkProtocol: the stream is out of step.
+func checkProtocol(t *testing.T, o outcome) {
+	t.Helper()
+	assert.False(t, o.Done)
+	assert.ErrorIs(t, o.err, ErrProtocol)
+}
+
+func TestParseTextReplyKinds(t *testing.T) {
+	type check = outcomeCheck
+	ok, outcomeIs, protocol := checkOK, checkOutcomeIs, checkProtocol
 	cases := []struct {
 		name  string
 		req   func() *request
