@@ -55,11 +55,7 @@ type realClock struct{ start time.Time }
 
 func (c realClock) now() time.Duration { return time.Since(c.start) }
 
-func (c realClock) sleepUntil(t time.Duration) {
-	if d := t - c.now(); d > 0 {
-		time.Sleep(d)
-	}
-}
+func (c realClock) sleepUntil(t time.Duration) { sleepUntil(c.now, t) }
 
 // Latencies are recorded in microseconds, from 1µs to a minute, to three
 // significant digits.
