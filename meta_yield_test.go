@@ -1,0 +1,72 @@
+package ermc
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"testing"
+)
+
+// memcached serves at most -R commands of one connection per event
+// (default 20) and sends what it has at each pause ("conn_yields" in its
+// stats). A Meta multi-get is one quiet mg per key, so 100 keys pause the
+// connection four or five times; Text's one "get k1 … k100" is a single
+// command and never does. The README's note on Meta multi-gets rests on
+// this; with -R 200 the same multi-get is served in one event.
+func TestMetaMultiGetYieldsEvery20Keys(t *testing.T) {
+	ctx := context.Background()
+	keys := make([]string, 100)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("yield-%d", i)
+	}
+	for _, c := range []struct {
+		name       string
+		proto      Protocol
+		extra      []string
+		yieldsFrom int // at least this many pauses per multi-get
+		yieldsTo   int // at most
+	}{
+		{"meta, -R 20 (default)", Meta, nil, 4, 5},
+		{"text, -R 20 (default)", Text, nil, 0, 0},
+		{"meta, -R 200", Meta, []string{"-R", "200"}, 0, 0},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			srv := startMemcached(t, c.extra...)
+			cl := newTestClient(t, srv.Addr, c.proto, Options{})
+			for _, k := range keys {
+				if err := cl.Set(ctx, k, []byte("v"), 0); err != nil {
+					t.Fatalf("Set %s: %v", k, err)
+				}
+			}
+			before := connYields(t, cl)
+			const rounds = 10
+			for r := 0; r < rounds; r++ {
+				hits := 0
+				if err := cl.GetMulti(ctx, keys, func(int, []byte) { hits++ }); err != nil {
+					t.Fatalf("GetMulti: %v", err)
+				}
+				if hits != len(keys) {
+					t.Fatalf("GetMulti: %d hits, want %d", hits, len(keys))
+				}
+			}
+			got := connYields(t, cl) - before
+			if got < c.yieldsFrom*rounds || got > c.yieldsTo*rounds {
+				t.Errorf("%d multi-gets of %d keys: conn_yields grew by %d, want %d to %d",
+					rounds, len(keys), got, c.yieldsFrom*rounds, c.yieldsTo*rounds)
+			}
+		})
+	}
+}
+
+func connYields(t *testing.T, cl *Client) int {
+	t.Helper()
+	st, err := cl.Stats(context.Background())
+	if err != nil {
+		t.Fatalf("Stats: %v", err)
+	}
+	n, err := strconv.Atoi(st["conn_yields"])
+	if err != nil {
+		t.Fatalf("stats conn_yields %q: %v", st["conn_yields"], err)
+	}
+	return n
+}
