@@ -79,8 +79,8 @@ func Makers() []Maker {
 	}
 }
 
-// MakerByName returns the maker called name: one of Makers, or the
-// Tracer's (tracer.go). "name@n" is that client with n connections
+// MakerByName returns the maker called name: one of Makers, the
+// Tracer's (tracer.go) or the harness alone (harnessclient.go). "name@n" is that client with n connections
 // instead of Conns (for comparisons by hand, e.g. ermc-text@8).
 func MakerByName(name string) (Maker, bool) {
 	base, conns, ok := strings.Cut(name, "@")
@@ -91,7 +91,7 @@ func MakerByName(name string) (Maker, bool) {
 			return Maker{}, false
 		}
 	}
-	for _, m := range append(Makers(), tracerMaker) {
+	for _, m := range append(Makers(), tracerMaker, harnessMaker) {
 		if m.Name != base {
 			continue
 		}

@@ -51,6 +51,7 @@ var DefaultLoads = []float64{0.25, 0.5, 0.8, 1, 1.5, 3}
 
 func (o *LatencyOptions) fill() {
 	if len(o.Clients) == 0 {
+		o.Clients = []string{HarnessClient}
 		for _, m := range Makers() {
 			o.Clients = append(o.Clients, m.Name)
 		}

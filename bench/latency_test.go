@@ -360,9 +360,15 @@ func TestRunLatencyOneRound(t *testing.T) {
 	if c := rep.Options.Capacity["Set100B/64g"]; c <= 0 {
 		t.Errorf("Set100B/64g capacity %v: not measured", c)
 	}
-	makers := Makers()
-	if want := 2 * 2 * len(makers); len(rep.Results) != want {
+	// Every maker's client, and the harness alone first.
+	if got, want := rep.Options.Clients[0], HarnessClient; got != want {
+		t.Errorf("first client %q, want %q", got, want)
+	}
+	if want := 2 * 2 * (1 + len(Makers())); len(rep.Results) != want {
 		t.Fatalf("%d results, want %d", len(rep.Results), want)
+	}
+	if md := rep.Markdown(""); !strings.Contains(md, "\""+HarnessClient+"\" is the same open loop") {
+		t.Errorf("the report does not say what %q is", HarnessClient)
 	}
 	for _, r := range rep.Results {
 		switch {

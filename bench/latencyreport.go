@@ -100,7 +100,20 @@ func (rep *LatencyReport) Method() string {
 		"Offered rates are fractions of %s (%s). "+
 		"Medians over %s of %v per client and rate (after a %v warm-up at that rate), clients in an order rotated every round; "+
 		"done/s is the rate of requests completed; the last column shows how much the rounds disagreed.",
-		workers, o.Duration, rep.capacitySource(), strings.Join(caps, ", "), plural(o.Rounds, "round"), o.Duration, o.Warmup)
+		workers, o.Duration, rep.capacitySource(), strings.Join(caps, ", "), plural(o.Rounds, "round"), o.Duration, o.Warmup) + rep.harnessNote()
+}
+
+// harnessNote explains the harness's own row, when the run has one.
+func (rep *LatencyReport) harnessNote() string {
+	for _, c := range rep.Options.Clients {
+		if c == HarnessClient {
+			return fmt.Sprintf(" %q is the same open loop with calls that return at once, no client and no server: "+
+				"how late the load generator itself starts requests on this machine at that rate, a floor under every client's figures. "+
+				"Workers sleep the last 1.5 ms before a request falls due on their own thread with no timer slack, since Go's timers wake an idle process on a 1 ms grid.",
+				HarnessClient)
+		}
+	}
+	return ""
 }
 
 // Markdown is the latency section of the report.
