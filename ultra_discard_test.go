@@ -43,11 +43,11 @@ func TestUltraDiscardedConnNotReused(t *testing.T) {
 // connection down under it. (Deadlines are rounded up to deadlineGrain,
 // so a server that never answers makes the timeout certain.)
 func TestUltraTimeoutReportedAsTimeout(t *testing.T) {
-	addr, _ := startSilentServer(t)
+	srv := startSilentServer(t)
 	for _, proto := range pipelinedDrivers {
 		t.Run(proto.String(), func(t *testing.T) {
 			for i := 0; i < 100; i++ {
-				c, err := New(addr, Options{Protocol: proto, Timeout: time.Nanosecond})
+				c, err := New(srv.Addr, Options{Protocol: proto, Timeout: time.Nanosecond})
 				require.NoError(t, err)
 				_, err = c.Get(bg, "k", nil)
 				c.Close()

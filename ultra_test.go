@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand"
-	"net"
 	"runtime"
 	"strings"
 	"sync"
@@ -221,8 +220,8 @@ func TestUltraDeepPipeline(t *testing.T) {
 func TestUltraStalledServer(t *testing.T) {
 	for _, proto := range pipelinedDrivers {
 		t.Run(proto.String(), func(t *testing.T) {
-			addr, accepted := startSilentServer(t)
-			c := newTestClient(t, addr, proto, Options{Timeout: 100 * time.Millisecond})
+			srv := startSilentServer(t)
+			c := newTestClient(t, srv.Addr, proto, Options{Timeout: 100 * time.Millisecond})
 			c.drv.(*pipeDriver).lanes = c.drv.(*pipeDriver).lanes[:1]
 			var wg sync.WaitGroup
 			for g := 0; g < 8; g++ {
@@ -238,7 +237,7 @@ func TestUltraStalledServer(t *testing.T) {
 			}
 			wg.Wait()
 			_, _ = c.Get(bg, "stalled", nil)
-			if n := accepted.Load(); n < 2 {
+			if n := srv.Accepted(); n < 2 {
 				t.Fatalf("a timed-out connection must be replaced: %d accepted", n)
 			}
 		})
@@ -252,8 +251,8 @@ func TestUltraStalledServer(t *testing.T) {
 func TestUltraCloseInFlight(t *testing.T) {
 	for _, proto := range pipelinedDrivers {
 		t.Run(proto.String(), func(t *testing.T) {
-			addr, _ := startSilentServer(t)
-			c, err := New(addr, Options{Protocol: proto, Timeout: 300 * time.Millisecond})
+			srv := startSilentServer(t)
+			c, err := New(srv.Addr, Options{Protocol: proto, Timeout: 300 * time.Millisecond})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -264,7 +263,13 @@ func TestUltraCloseInFlight(t *testing.T) {
 					errs <- err
 				}()
 			}
-			time.Sleep(50 * time.Millisecond) // let them queue: not an assertion
+			// Close once every request was sent (the timeouts may be
+			// failing the first ones meanwhile: they were sent all the same).
+			for deadline := time.Now().Add(hangGuard); countKeys(srv, "k") < 16; time.Sleep(time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatalf("the server read %d of the 16 requests", countKeys(srv, "k"))
+				}
+			}
 			c.Close()
 			for g := 0; g < 16; g++ {
 				select {
@@ -305,10 +310,10 @@ func TestUltraNoreplyOnTextIsPlain(t *testing.T) {
 // its Timeout (the request was sent: not ErrClosed), and no reader
 // goroutine is left behind.
 func TestUltraCloseStopsReaders(t *testing.T) {
-	addr, _ := startSilentServer(t)
+	srv := startSilentServer(t)
 	before := runtime.NumGoroutine()
 	for i := 0; i < 10; i++ {
-		c, err := New(addr, Options{Protocol: Ultra, Timeout: 200 * time.Millisecond})
+		c, err := New(srv.Addr, Options{Protocol: Ultra, Timeout: 200 * time.Millisecond})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -345,31 +350,30 @@ func TestUltraCloseStopsReaders(t *testing.T) {
 	}
 }
 
-// startSilentServer listens on a loopback port, accepts connections and
-// never answers; it counts what it accepted.
-func startSilentServer(t *testing.T) (addr string, accepted *atomic.Int32) {
+// startSilentServer is a fake server that reads every request and never
+// answers.
+func startSilentServer(t *testing.T) *fakeServer {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	accepted = new(atomic.Int32)
-	go func() {
-		var conns []net.Conn
-		defer func() {
-			for _, nc := range conns {
-				nc.Close()
-			}
-		}()
+	return startFakeServer(t, func(fc *fakeConn) {
 		for {
-			nc, err := l.Accept()
-			if err != nil {
+			if _, ok := fc.Next(); !ok {
 				return
 			}
-			accepted.Add(1)
-			conns = append(conns, nc)
 		}
-	}()
-	return l.Addr().String(), accepted
+	})
+}
+
+// countKeys counts the requests for key among the request lines the fake
+// has read (a combined get counts once per key).
+func countKeys(srv *fakeServer, key string) int {
+	n := 0
+	for _, line := range strings.Split(srv.Received(), "\r\n") {
+		fields := strings.Fields(line)
+		for i := 1; i < len(fields); i++ {
+			if fields[i] == key {
+				n++
+			}
+		}
+	}
+	return n
 }
