@@ -34,12 +34,10 @@ func newFaultClient(t *testing.T, addr string, proto Protocol, opts Options) *Cl
 // textDrivers speak the text protocol, so the same malformed bytes apply.
 var textDrivers = []Protocol{Text, Ultra}
 
-// guarded runs fn and fails the test if it does not return within the hang
-// guard. It asserts nothing about timing otherwise.
-func guarded[T any](t *testing.T, fn func() T) T {
+// await receives from ch, failing the test if nothing comes within the
+// hang guard. It asserts nothing about timing otherwise.
+func await[T any](t *testing.T, ch <-chan T) T {
 	t.Helper()
-	ch := make(chan T, 1)
-	go func() { ch <- fn() }()
 	// Stopped on return: the fuzz targets call this thousands of times a
 	// second, and pending timers pile up in the runtime's timer heap.
 	guard := time.NewTimer(hangGuard)
@@ -53,17 +51,33 @@ func guarded[T any](t *testing.T, fn func() T) T {
 	}
 }
 
+// guarded runs fn and returns its result, within the hang guard (await).
+func guarded[T any](t *testing.T, fn func() T) T {
+	t.Helper()
+	ch := make(chan T, 1)
+	go func() { ch <- fn() }()
+	return await(t, ch)
+}
+
 type getResult struct {
 	v   string
 	err error
 }
 
+// goGet runs a Get on its own goroutine; await collects its result.
+func goGet(c *Client, ctx context.Context, key string) <-chan getResult {
+	ch := make(chan getResult, 1)
+	go func() {
+		v, err := c.Get(ctx, key, nil)
+		ch <- getResult{string(v), err}
+	}()
+	return ch
+}
+
+// guardedGet is a Get within the hang guard.
 func guardedGet(t *testing.T, c *Client, ctx context.Context, key string) getResult {
 	t.Helper()
-	return guarded(t, func() getResult {
-		v, err := c.Get(ctx, key, nil)
-		return getResult{string(v), err}
-	})
+	return await(t, goGet(c, ctx, key))
 }
 
 // fresh is what the fake's healthy connections serve.

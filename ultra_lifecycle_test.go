@@ -123,7 +123,7 @@ func TestUltraConnectDuringWriteNoRace(t *testing.T) {
 	close(gate)
 
 	for _, ch := range []<-chan getResult{p, w} {
-		res := awaitGet(t, ch)
+		res := await(t, ch)
 		if res.err != nil {
 			assert.ErrorIs(t, res.err, ErrCacheMiss)
 		}
@@ -146,9 +146,9 @@ func TestUltraCloseDuringDialReleasesWriter(t *testing.T) {
 	waitPending(t, c, 2)
 
 	require.NoError(t, c.Close())
-	res := awaitGet(t, second)
+	res := await(t, second)
 	require.ErrorIs(t, res.err, ErrClosed, "the queued caller")
-	res = awaitGet(t, first)
+	res = await(t, first)
 	require.ErrorIs(t, res.err, ErrClosed, "the writer's caller")
 }
 
@@ -285,10 +285,10 @@ func TestUltraEncodedBatchResentOnFreshConn(t *testing.T) {
 
 	close(gate)
 	for _, ch := range []<-chan getResult{a, b} {
-		res := awaitGet(t, ch)
+		res := await(t, ch)
 		require.ErrorIs(t, res.err, ErrCacheMiss, "a read written onto the stale connection is retried")
 	}
-	res := awaitGet(t, g)
+	res := await(t, g)
 	serr := guarded(t, func() error { return <-set })
 	require.True(t, failedWhileEncoding.Load(), "the reader failed the connection while the writer held the encoded batch")
 	t.Logf("set s, encoded with g and held: %v", serr)
