@@ -38,23 +38,6 @@ func newBinaryClient(t *testing.T, opts Options, extra ...string) (*Client, *ato
 	return newTestClient(t, s.Addr, Binary, opts), dials
 }
 
-// wantValue fails the test unless key holds value.
-func wantValue(t *testing.T, c *Client, key, value string) {
-	t.Helper()
-	got, err := c.Get(bg, key, nil)
-	if err != nil || string(got) != value {
-		t.Fatalf("get %s = %q, %v; want %q", key, got, err, value)
-	}
-}
-
-// wantMiss fails the test unless key is absent.
-func wantMiss(t *testing.T, c *Client, key string) {
-	t.Helper()
-	if got, err := c.Get(bg, key, nil); !errors.Is(err, ErrCacheMiss) {
-		t.Fatalf("get %s = %q, %v; want ErrCacheMiss", key, got, err)
-	}
-}
-
 // wantStatus fails the test unless err carries a *StatusError of status.
 func wantStatus(t *testing.T, err error, status uint16) *StatusError {
 	t.Helper()
@@ -80,7 +63,7 @@ func TestBinaryReadWrite(t *testing.T) {
 	if err := c.CompareAndSwap(bg, "k", []byte("swapped"), cas, 0); err != nil {
 		t.Fatalf("cas with the current id: %v", err)
 	}
-	wantValue(t, c, "k", "swapped")
+	requireValue(t, c, "k", "swapped")
 	_, cas2, _ := c.Gets(bg, "k", nil)
 	if cas2 == cas {
 		t.Errorf("CAS id %d unchanged by a write", cas)
@@ -98,15 +81,15 @@ func TestBinaryReadWrite(t *testing.T) {
 	if err := c.Prepend(bg, "new", []byte("<")); err != nil {
 		t.Fatalf("prepend: %v", err)
 	}
-	wantValue(t, c, "new", "<replaced>")
+	requireValue(t, c, "new", "<replaced>")
 
 	mustSet(t, c, "empty", "")
-	wantValue(t, c, "empty", "")
+	requireValue(t, c, "empty", "")
 
 	if err := c.Delete(bg, "new"); err != nil {
 		t.Fatalf("delete: %v", err)
 	}
-	wantMiss(t, c, "new")
+	requireMiss(t, c, "new")
 
 	// Flags travel in the extras: typed values come back typed.
 	if err := c.SetInt(bg, "int", -42, 0); err != nil {
@@ -132,7 +115,7 @@ func TestBinaryCompression(t *testing.T) {
 	c, _ := newBinaryClient(t, Options{CompressThreshold: 64})
 	value := strings.Repeat("compressible ", 1000)
 	mustSet(t, c, "z", value)
-	wantValue(t, c, "z", value)
+	requireValue(t, c, "z", value)
 	_, flags, _, err := c.get(bg, opGet, "z", 0, nil)
 	if err != nil || flags&FlagCompressed == 0 {
 		t.Fatalf("flags %d, %v: value was not stored compressed", flags, err)
@@ -187,9 +170,9 @@ func TestBinaryErrorMapping(t *testing.T) {
 	}
 	// The misses above created nothing: incr/decr ask memcached not to
 	// seed a missing counter.
-	wantMiss(t, c, "absent")
-	wantValue(t, c, "present", "v2")
-	wantValue(t, c, "text", "not a number")
+	requireMiss(t, c, "absent")
+	requireValue(t, c, "present", "v2")
+	requireValue(t, c, "text", "not a number")
 
 	if n := dials.Load(); n != 1 {
 		t.Errorf("%d connections dialed, want 1: an error reply cost the connection", n)
@@ -206,12 +189,12 @@ func TestBinaryCASZeroIDMatchesText(t *testing.T) {
 		if err := c.CompareAndSwap(bg, key, []byte("x"), 0, 0); !errors.Is(err, ErrCacheMiss) {
 			t.Errorf("%v: cas 0 on a missing key: %v, want ErrCacheMiss", proto, err)
 		}
-		wantMiss(t, c, key)
+		requireMiss(t, c, key)
 		mustSet(t, c, key, "v")
 		if err := c.CompareAndSwap(bg, key, []byte("x"), 0, 0); !errors.Is(err, ErrCASConflict) {
 			t.Errorf("%v: cas 0 on a present key: %v, want ErrCASConflict", proto, err)
 		}
-		wantValue(t, c, key, "v")
+		requireValue(t, c, key, "v")
 	}
 }
 
@@ -254,23 +237,23 @@ func TestBinaryExpiry(t *testing.T) {
 	if err := c.Set(bg, "gone", []byte("v"), -time.Second); err != nil {
 		t.Fatal(err)
 	}
-	wantMiss(t, c, "gone")
+	requireMiss(t, c, "gone")
 
 	mustSet(t, c, "t", "v")
 	if err := c.Touch(bg, "t", time.Hour); err != nil {
 		t.Fatalf("touch: %v", err)
 	}
-	wantValue(t, c, "t", "v")
+	requireValue(t, c, "t", "v")
 	if err := c.Touch(bg, "t", -time.Second); err != nil {
 		t.Fatalf("touch to expire: %v", err)
 	}
-	wantMiss(t, c, "t")
+	requireMiss(t, c, "t")
 
 	// A TTL over 30 days is sent as an absolute time and keeps the item.
 	if err := c.Set(bg, "long", []byte("v"), 40*24*time.Hour); err != nil {
 		t.Fatal(err)
 	}
-	wantValue(t, c, "long", "v")
+	requireValue(t, c, "long", "v")
 
 	mustSet(t, c, "g", "gat value")
 	v, err := c.GetAndTouch(bg, "g", time.Hour, []byte("dst:"))
@@ -281,7 +264,7 @@ func TestBinaryExpiry(t *testing.T) {
 	if v, err := c.GetAndTouch(bg, "g", -time.Second, nil); err != nil || string(v) != "gat value" {
 		t.Fatalf("gat to expire = %q, %v", v, err)
 	}
-	wantMiss(t, c, "g")
+	requireMiss(t, c, "g")
 }
 
 func TestBinaryCacheCAS(t *testing.T) {
@@ -296,7 +279,7 @@ func TestBinaryCacheCAS(t *testing.T) {
 	if err := c.CAS(bg, "k", []byte("v2"), 0); !errors.Is(err, ErrCASConflict) {
 		t.Fatalf("second CAS with the same id: %v, want ErrCASConflict", err)
 	}
-	wantValue(t, c, "k", "v1")
+	requireValue(t, c, "k", "v1")
 }
 
 func TestBinaryMultiGet(t *testing.T) {
@@ -376,7 +359,7 @@ func TestBinaryLargeValue(t *testing.T) {
 	// anywhere, and the connection stays in step.
 	small, _ := newBinaryClient(t, Options{MaxValueLength: 1000})
 	mustSet(t, small, "k", strings.Repeat("x", 1000))
-	wantValue(t, small, "k", strings.Repeat("x", 1000))
+	requireValue(t, small, "k", strings.Repeat("x", 1000))
 }
 
 // memcached refuses an item over its -I limit with status 0x03 and swallows
@@ -390,7 +373,7 @@ func TestBinaryServerValueTooLarge(t *testing.T) {
 	if se := wantStatus(t, err, binStatusTooLarge); !strings.Contains(se.Message, "Too large") {
 		t.Errorf("message %q does not carry the server's", se.Message)
 	}
-	wantMiss(t, c, "huge")
+	requireMiss(t, c, "huge")
 	if n := dials.Load(); n != 1 {
 		t.Errorf("%d connections dialed, want 1: the too-large reply cost the connection", n)
 	}
@@ -426,7 +409,7 @@ func TestBinaryInvalidArgumentsDropsConnection(t *testing.T) {
 	_, err := c.Get(bg, strings.Repeat("k", 260), nil)
 	wantStatus(t, err, binStatusInvalidArgs)
 	mustSet(t, c, "after", "ok")
-	wantValue(t, c, "after", "ok")
+	requireValue(t, c, "after", "ok")
 	if n := dials.Load(); n != 2 {
 		t.Errorf("%d connections dialed, want 2: the closed one and its replacement", n)
 	}
@@ -460,7 +443,7 @@ func TestBinaryStatsVersionFlush(t *testing.T) {
 		t.Fatalf("flush_all: %v", err)
 	}
 	for _, k := range []string{"a", "b", "c"} {
-		wantMiss(t, c, k)
+		requireMiss(t, c, k)
 	}
 }
 
@@ -515,7 +498,7 @@ func TestBinarySASL(t *testing.T) {
 			t.Fatalf("connect: %v", err)
 		}
 		mustSet(t, c, "k", "authenticated")
-		wantValue(t, c, "k", "authenticated")
+		requireValue(t, c, "k", "authenticated")
 		m, err := c.GetMultiMap(bg, []string{"k", "other"})
 		if err != nil || string(m["k"]) != "authenticated" || len(m) != 1 {
 			t.Fatalf("getmulti = %q, %v", m, err)

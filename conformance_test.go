@@ -117,21 +117,6 @@ func TestConformance(t *testing.T) {
 	}
 }
 
-// requireValue asserts that key holds want.
-func requireValue(t *testing.T, c *Client, key, want string) {
-	t.Helper()
-	v, err := c.Get(bg, key, nil)
-	require.NoError(t, err, "Get %q", key)
-	require.Equal(t, want, string(v), "value of %q", key)
-}
-
-// requireMiss asserts that key is absent.
-func requireMiss(t *testing.T, c *Client, key string) {
-	t.Helper()
-	v, err := c.Get(bg, key, nil)
-	require.ErrorIs(t, err, ErrCacheMiss, "Get %q returned %q", key, v)
-}
-
 // eventuallyMiss polls key until it is gone, failing if it is still there
 // after within. Expiry is checked by outcome, never by timing: memcached's
 // clock ticks in whole seconds.

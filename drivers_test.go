@@ -4,6 +4,9 @@ import (
 	"context"
 	"slices"
 	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 // wireDrivers are the drivers that talk to a server. The conformance suite
@@ -44,7 +47,29 @@ var bg = context.Background()
 // mustSet stores value under key or fails the test.
 func mustSet(t *testing.T, c *Client, key, value string) {
 	t.Helper()
-	if err := c.Set(bg, key, []byte(value), 0); err != nil {
-		t.Fatalf("set %s: %v", key, err)
-	}
+	require.NoError(t, c.Set(bg, key, []byte(value), 0), "Set %q", key)
+}
+
+// requireValue asserts that key holds want.
+func requireValue(t *testing.T, c *Client, key, want string) {
+	t.Helper()
+	v, err := c.Get(bg, key, nil)
+	require.NoError(t, err, "Get %q", key)
+	require.Equal(t, want, string(v), "value of %q", key)
+}
+
+// requireMiss asserts that key is absent.
+func requireMiss(t *testing.T, c *Client, key string) {
+	t.Helper()
+	v, err := c.Get(bg, key, nil)
+	require.ErrorIs(t, err, ErrCacheMiss, "Get %q returned %q", key, v)
+}
+
+// requireHardFault: err is an error that is neither a miss nor a
+// not-stored, so no caller can mistake it for an answer.
+func requireHardFault(t *testing.T, err error, what string) {
+	t.Helper()
+	require.Error(t, err, what)
+	assert.NotErrorIs(t, err, ErrCacheMiss, "%s: %v", what, err)
+	assert.NotErrorIs(t, err, ErrNotStored, "%s: %v", what, err)
 }

@@ -66,7 +66,7 @@ func TestFetchMetaOneLoadAcrossClients(t *testing.T) {
 	}
 	close(l.release)
 	for _, ch := range results {
-		r := receive(t, ch)
+		r := await(t, ch)
 		require.NoError(t, r.err)
 		require.Equal(t, "once", r.value)
 	}
@@ -92,7 +92,7 @@ func TestFetchMetaStaleWhileReload(t *testing.T) {
 	awaitLoad(t, l)
 	for _, c := range clients { // a too: a second caller of the reloading client
 		for i := 0; i < 3; i++ {
-			r := receive(t, fetchAsync(bg, c, "fm:stale", opts, l.load)) // returns while the reload is held
+			r := await(t, fetchAsync(bg, c, "fm:stale", opts, l.load)) // returns while the reload is held
 			require.NoError(t, r.err)
 			require.Equal(t, "v1", r.value)
 		}
@@ -101,7 +101,7 @@ func TestFetchMetaStaleWhileReload(t *testing.T) {
 		require.Equal(t, "v1", string(v), "an invalidated item stays readable")
 	}
 	close(l.release)
-	r := receive(t, reload)
+	r := await(t, reload)
 	require.NoError(t, r.err)
 	require.Equal(t, "v2", r.value)
 	for _, c := range clients {
@@ -132,12 +132,12 @@ func TestFetchMetaRefreshBefore(t *testing.T) {
 	refresh := fetchAsync(bg, a, "fm:r", opts, l.load)
 	awaitLoad(t, l)
 	for _, c := range clients {
-		r := receive(t, fetchAsync(bg, c, "fm:r", opts, l.load)) // returns while the refresh is held
+		r := await(t, fetchAsync(bg, c, "fm:r", opts, l.load)) // returns while the refresh is held
 		require.NoError(t, r.err)
 		require.Equal(t, "v1", r.value)
 	}
 	close(l.release)
-	r := receive(t, refresh)
+	r := await(t, refresh)
 	require.NoError(t, r.err)
 	require.Equal(t, "v2", r.value)
 	v, err := b.Fetch(bg, "fm:r", nil, opts, l.load)
@@ -214,7 +214,7 @@ func TestFetchMetaLeaseExpires(t *testing.T) {
 	require.EqualValues(t, 1, l.loads.Load())
 
 	close(stuck.release) // the old holder's value, stored under its lease, must not replace the newer one
-	r := receive(t, holder)
+	r := await(t, holder)
 	require.NoError(t, r.err)
 	require.Equal(t, "late", r.value)
 	got, err := b.Get(bg, "fm:lease", nil)
@@ -240,19 +240,19 @@ func TestFetchMetaWaiterContext(t *testing.T) {
 	patient := fetchAsync(bg, b, "fm:ctx", opts, l.load)
 	awaitWaiters(t, b, "fm:ctx", 1)
 	cancel()
-	r := receive(t, poller)
+	r := await(t, poller)
 	require.ErrorIs(t, r.err, context.Canceled)
 	require.Empty(t, r.value)
 
 	timeout, cancelTimeout := context.WithTimeout(bg, 50*time.Millisecond)
 	defer cancelTimeout()
-	r = receive(t, fetchAsync(timeout, b, "fm:ctx", opts, l.load))
+	r = await(t, fetchAsync(timeout, b, "fm:ctx", opts, l.load))
 	require.ErrorIs(t, r.err, context.DeadlineExceeded)
 	require.Empty(t, r.value)
 
 	close(l.release)
 	for _, ch := range []<-chan fetchResult{holder, patient} {
-		r := receive(t, ch)
+		r := await(t, ch)
 		require.NoError(t, r.err)
 		require.Equal(t, "v", r.value)
 	}
@@ -291,7 +291,7 @@ func TestFetchMetaLeaseSideEffects(t *testing.T) {
 		require.Empty(t, v, proto.String())
 	}
 	close(l.release)
-	require.NoError(t, receive(t, holder).err)
+	require.NoError(t, await(t, holder).err)
 
 	mustSet(t, c, "fm:stolen", "old")
 	require.NoError(t, c.Invalidate(bg, "fm:stolen", time.Minute))

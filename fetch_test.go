@@ -84,17 +84,6 @@ func fetchAsync(ctx context.Context, c *Client, key string, opts FetchOptions, l
 	return out
 }
 
-func receive(t *testing.T, ch <-chan fetchResult) fetchResult {
-	t.Helper()
-	select {
-	case r := <-ch:
-		return r
-	case <-time.After(10 * time.Second):
-		t.Fatal("Fetch did not return within 10s")
-		return fetchResult{}
-	}
-}
-
 func TestFetchMissLoadsStoresAndHits(t *testing.T) {
 	forEachDriver(t, Options{}, func(t *testing.T, c *Client) {
 		l := &testLoader{value: "loaded"}
@@ -155,7 +144,7 @@ func TestFetchSharesOneLoad(t *testing.T) {
 		awaitWaiters(t, c, "f:one", n-1)
 		close(l.release)
 		for _, ch := range results {
-			r := receive(t, ch)
+			r := await(t, ch)
 			require.NoError(t, r.err)
 			require.Equal(t, "shared", r.value)
 		}
@@ -175,8 +164,8 @@ func TestFetchLoadError(t *testing.T) {
 		second := fetchAsync(bg, c, "f:err", FetchOptions{}, l.load)
 		awaitWaiters(t, c, "f:err", 1)
 		close(l.release)
-		require.ErrorIs(t, receive(t, first).err, boom)
-		require.ErrorIs(t, receive(t, second).err, boom)
+		require.ErrorIs(t, await(t, first).err, boom)
+		require.ErrorIs(t, await(t, second).err, boom)
 		require.EqualValues(t, 1, l.loads.Load())
 		requireMiss(t, c, "f:err")
 		require.Zero(t, c.fetches.size())
@@ -200,18 +189,18 @@ func TestFetchWaiterContext(t *testing.T) {
 		waiter := fetchAsync(ctx, c, "f:ctx", FetchOptions{}, l.load)
 		awaitWaiters(t, c, "f:ctx", 1)
 		cancel()
-		r := receive(t, waiter)
+		r := await(t, waiter)
 		require.ErrorIs(t, r.err, context.Canceled)
 		require.Empty(t, r.value)
 
 		timeout, cancelTimeout := context.WithTimeout(bg, 50*time.Millisecond)
 		defer cancelTimeout()
-		r = receive(t, fetchAsync(timeout, c, "f:ctx", FetchOptions{}, l.load))
+		r = await(t, fetchAsync(timeout, c, "f:ctx", FetchOptions{}, l.load))
 		require.ErrorIs(t, r.err, context.DeadlineExceeded)
 		require.Empty(t, r.value)
 
 		close(l.release)
-		r = receive(t, leader)
+		r = await(t, leader)
 		require.NoError(t, r.err)
 		require.Equal(t, "late", r.value)
 		require.EqualValues(t, 1, l.loads.Load())
@@ -230,10 +219,10 @@ func TestFetchLeaderGivesUp(t *testing.T) {
 		waiter := fetchAsync(bg, c, "f:quit", FetchOptions{}, l.load)
 		awaitWaiters(t, c, "f:quit", 1)
 		cancel()
-		require.ErrorIs(t, receive(t, leader).err, context.Canceled)
+		require.ErrorIs(t, await(t, leader).err, context.Canceled)
 		awaitLoad(t, l) // the waiter's own load
 		close(l.release)
-		r := receive(t, waiter)
+		r := await(t, waiter)
 		require.NoError(t, r.err)
 		require.Equal(t, "second try", r.value)
 		require.EqualValues(t, 2, l.loads.Load())
@@ -262,7 +251,7 @@ func TestFetchLoaderPanics(t *testing.T) {
 	awaitWaiters(t, c, "f:panic", 1)
 	close(release)
 	require.Equal(t, "loader bug", <-panicked)
-	require.ErrorIs(t, receive(t, waiter).err, errLoadPanicked)
+	require.ErrorIs(t, await(t, waiter).err, errLoadPanicked)
 	require.Zero(t, c.fetches.size())
 	v, err := c.Fetch(bg, "f:panic", nil, FetchOptions{}, l.load)
 	require.NoError(t, err)
@@ -278,7 +267,7 @@ func TestFetchKeepsNewerValue(t *testing.T) {
 		awaitLoad(t, l)
 		mustSet(t, c, "f:race", "newer")
 		close(l.release)
-		got := receive(t, r)
+		got := await(t, r)
 		require.NoError(t, got.err)
 		require.Equal(t, "old", got.value)
 		v, err := c.Get(bg, "f:race", nil)

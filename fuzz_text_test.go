@@ -85,7 +85,7 @@ var fuzzKeys = []string{"a", "a2"}
 //
 // opGetBatch is left out: the Ultra lane builds it from queued gets (with
 // members to deliver to), never from an op byte, and the reference model
-// here has no members; umbatch_test.go tests its parsing.
+// here has no members; TestCombinedGets (ultra_test.go) tests its parsing.
 func textFuzzRequest(op uint8) *request {
 	o := opcode(op % uint8(opFence+1))
 	if o == opGetBatch {

@@ -12,6 +12,29 @@ import (
 	"time"
 )
 
+// Map of the tests. Against a real memcached, per driver (wireDrivers):
+//   conformance_test.go   every command's outcomes; drivers_test.go: the
+//                         client helpers (newTestClient, forEachDriver,
+//                         mustSet, requireValue, requireMiss, requireHardFault)
+//   meta_, binary_, ultra_*, pool_, fetch_*, stats_, tracer_test.go: one
+//                         feature or driver each; auth_, tls_, secrets_,
+//                         twemproxy_, chaos_test.go: setups around the server
+// Faults, by what the server or network does wrong (faults_test.go holds
+// their helpers: newFaultClient, afterFault, guarded/await/goGet/guardedGet,
+// the stall points):
+//   faults_malformed_test.go  garbage, lax numbers, endless or oversized replies
+//   faults_stall_test.go      no answer: Timeout, context deadline, cancellation
+//   faults_cut_test.go        connection ended mid-reply or while idle
+//   faults_refused_test.go    dial refused or timed out, DNS, connection limit
+//   faults_errors_test.go     ERROR, CLIENT_ERROR, SERVER_ERROR replies
+// Codecs on bytes: textparse_, metaparse_, binframe_, values_test.go; fuzz_*
+// are the fuzz targets (fuzz_conn_test.go: the in-memory server they use).
+// Allocation counts: *alloc_test.go, built only without -race.
+// Servers: this file starts memcached and nutcracker (startMemcached,
+// startTwemproxy in twemproxy_test.go); fakeserver_test.go is the scripted
+// fake for what a real server cannot be made to do. hangGuard (there)
+// bounds every wait: a hang fails, nothing is asserted on time.
+
 // The test harness starts real servers (memcached, nutcracker) on free
 // loopback ports and stops them when the test ends. Under CI=true a missing
 // server binary fails the test; elsewhere it skips.

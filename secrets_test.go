@@ -51,12 +51,6 @@ func isAuth(t *testing.T, err error) {
 	assert.NotErrorIs(t, err, ErrCacheMiss)
 }
 
-func isHard(t *testing.T, err error) {
-	t.Helper()
-	assert.NotErrorIs(t, err, ErrCacheMiss)
-	assert.NotErrorIs(t, err, ErrNotStored)
-}
-
 // echoText is a fake text server that answers the auth exchange with the
 // given reply, in which %s is the auth data it received (user and
 // password).
@@ -126,15 +120,16 @@ func TestSecretsNeverInAuthErrors(t *testing.T) {
 	fixed := func(s *testServer) func(t *testing.T) string { return func(*testing.T) string { return s.Addr } }
 	creds := Options{Username: "alice", Password: secretPassword, Timeout: 300 * time.Millisecond, ConnectTimeout: 300 * time.Millisecond}
 	with := func(mod func(o *Options)) Options { o := creds; mod(&o); return o }
+	hardFault := func(t *testing.T, err error) { requireHardFault(t, err, "auth") }
 
 	common := []authFailure{
-		{"server hangs up during auth", hangingUp, creds, isHard},
+		{"server hangs up during auth", hangingUp, creds, hardFault},
 		{"server stalls during auth", stalling, creds, func(t *testing.T, err error) {
 			var ce *ConnError
 			assert.True(t, errors.As(err, &ce) && ce.Timeout(), "%v is not a timeout", err)
 		}},
-		{"plaintext auth on a TLS port", fixed(tlsServer), creds, isHard},
-		{"TLS handshake refused", fixed(tlsServer), with(func(o *Options) { o.TLSConfig = &tls.Config{RootCAs: newTestCA(t, "other").pool} }), isHard},
+		{"plaintext auth on a TLS port", fixed(tlsServer), creds, hardFault},
+		{"TLS handshake refused", fixed(tlsServer), with(func(o *Options) { o.TLSConfig = &tls.Config{RootCAs: newTestCA(t, "other").pool} }), hardFault},
 		{"server hangs up, ErrorAsMiss", hangingUp, with(func(o *Options) { o.ErrorAsMiss = true }), func(*testing.T, error) {}},
 	}
 	text := append([]authFailure{
@@ -142,8 +137,8 @@ func TestSecretsNeverInAuthErrors(t *testing.T) {
 		{"wrong password, ErrorAsMiss", fixed(asciiServer), with(func(o *Options) { o.ErrorAsMiss = true }), isAuth},
 		{"unknown user", fixed(asciiServer), with(func(o *Options) { o.Username = "mallory" }), isAuth},
 		{"server echoes the credentials in CLIENT_ERROR", echoText("CLIENT_ERROR %s\r\n"), creds, isAuth},
-		{"server echoes the credentials in SERVER_ERROR", echoText("SERVER_ERROR %s\r\n"), creds, isHard},
-		{"server echoes the credentials in ERROR", echoText("ERROR %s\r\n"), creds, isHard},
+		{"server echoes the credentials in SERVER_ERROR", echoText("SERVER_ERROR %s\r\n"), creds, hardFault},
+		{"server echoes the credentials in ERROR", echoText("ERROR %s\r\n"), creds, hardFault},
 		{"server echoes the credentials as a reply line", echoText("%s\r\n"), creds, func(t *testing.T, err error) {
 			assert.ErrorIs(t, err, ErrProtocol)
 		}},
@@ -201,7 +196,7 @@ func TestSecretsNotStoredWithoutAuthServer(t *testing.T) {
 		c := newTestClient(t, tw.proxy.Addr, proto, Options{Username: "alice", Password: secretPassword})
 		err := guarded(t, func() error { return c.Set(bg, "k", []byte("v"), 0) })
 		requireNoSecret(t, err, "set through twemproxy with credentials")
-		isHard(t, err)
+		requireHardFault(t, err, "set through twemproxy with credentials")
 		var ce *ConnError
 		assert.True(t, errors.As(err, &ce), "%v is not a *ConnError (twemproxy closes the connection)", err)
 	}

@@ -290,15 +290,6 @@ func TestTwemproxySupported(t *testing.T) {
 	}
 }
 
-// isHardFault: an error that is neither a miss nor a not-stored, so no
-// caller can mistake it for an answer.
-func requireHardFault(t *testing.T, err error, what string) {
-	t.Helper()
-	require.Error(t, err, what)
-	assert.NotErrorIs(t, err, ErrCacheMiss, "%s: %v", what, err)
-	assert.NotErrorIs(t, err, ErrNotStored, "%s: %v", what, err)
-}
-
 // What twemproxy does not support fails with an error, quickly: nutcracker
 // closes the client connection on a command it does not know, and the
 // client reports that as a connection fault. The next request works on a

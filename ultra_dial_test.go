@@ -36,28 +36,6 @@ func heldDial(addr string, release <-chan struct{}, failWith error) (dial func(c
 	return dial, started
 }
 
-// goGet runs a Get on its own goroutine; awaitGet collects its result, or
-// fails the test (from the test's goroutine) past the hang guard.
-func goGet(c *Client, ctx context.Context, key string) <-chan getResult {
-	ch := make(chan getResult, 1)
-	go func() {
-		v, err := c.Get(ctx, key, nil)
-		ch <- getResult{string(v), err}
-	}()
-	return ch
-}
-
-func awaitGet(t *testing.T, ch <-chan getResult) getResult {
-	t.Helper()
-	select {
-	case res := <-ch:
-		return res
-	case <-time.After(hangGuard):
-		t.Fatalf("Get did not return within %v", hangGuard)
-		return getResult{}
-	}
-}
-
 // waitPending waits until n requests are queued on the client's only lane.
 func waitPending(t *testing.T, c *Client, n int) {
 	t.Helper()
@@ -99,13 +77,13 @@ func TestUltraDialOutlivesLeavingCaller(t *testing.T) {
 			waitPending(t, c, 2)
 
 			cancel()
-			res := awaitGet(t, first)
+			res := await(t, first)
 			require.ErrorIs(t, res.err, context.Canceled, "the first caller left while the dial went on")
 			var ce *ConnError
 			require.ErrorAs(t, res.err, &ce)
 
 			close(release)
-			res = awaitGet(t, second)
+			res = await(t, second)
 			if tc.failWith == nil {
 				require.NoError(t, res.err)
 				assert.Equal(t, "v", res.v, "the dial wrote the queued request")

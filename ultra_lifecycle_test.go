@@ -17,8 +17,9 @@ import (
 
 // An Ultra lane's connection life cycle where it meets the other roles: a
 // dial while the writer still writes on the old connection, Close during
-// a dial or between a fault and a retry, and a batch encoded for a
-// connection that failed before it was written.
+// a dial or between a fault and a retry, a batch encoded for a
+// connection that failed before it was written, and a connection the
+// lane discarded (a reply that ends it, a timeout) never used again.
 
 // gateConn holds a Write whose bytes contain gateOn until gate is closed.
 // It signals nothing to the test on purpose: a channel send from the
@@ -122,7 +123,7 @@ func TestUltraConnectDuringWriteNoRace(t *testing.T) {
 	close(gate)
 
 	for _, ch := range []<-chan getResult{p, w} {
-		res := awaitGet(t, ch)
+		res := await(t, ch)
 		if res.err != nil {
 			assert.ErrorIs(t, res.err, ErrCacheMiss)
 		}
@@ -145,9 +146,9 @@ func TestUltraCloseDuringDialReleasesWriter(t *testing.T) {
 	waitPending(t, c, 2)
 
 	require.NoError(t, c.Close())
-	res := awaitGet(t, second)
+	res := await(t, second)
 	require.ErrorIs(t, res.err, ErrClosed, "the queued caller")
-	res = awaitGet(t, first)
+	res = await(t, first)
 	require.ErrorIs(t, res.err, ErrClosed, "the writer's caller")
 }
 
@@ -190,14 +191,13 @@ func TestUltraRetryAfterCloseDoesNotDial(t *testing.T) {
 }
 
 // staleReadConn is the first connection of TestUltraEncodedBatchResentOnFreshConn:
-// once armed, a Read waits for gate, then until the lane's writer has
-// taken the queued batch and not yet published it, and reports EOF, as a
-// connection the server closed while it sat idle does.
+// once armed, a Read waits for gate, then until the lane's writer is
+// encoding the next batch (taken off the queue, not yet published), and
+// reports EOF, as a connection the server closed while it sat idle does.
 type staleReadConn struct {
 	gateConn
-	armed  atomic.Bool
-	taken  func() (taken, published bool)
-	missed atomic.Bool // the writer published before the read failed
+	armed    atomic.Bool
+	encoding <-chan struct{}
 }
 
 func (s *staleReadConn) Read(b []byte) (int, error) {
@@ -205,16 +205,9 @@ func (s *staleReadConn) Read(b []byte) (int, error) {
 		return s.gateConn.Read(b)
 	}
 	<-s.gate
-	deadline := time.Now().Add(hangGuard)
-	for {
-		taken, published := s.taken()
-		if taken {
-			break
-		}
-		if published || time.Now().After(deadline) {
-			s.missed.Store(true)
-			break
-		}
+	select {
+	case <-s.encoding:
+	case <-time.After(hangGuard): // the test fails on its own hang guard
 	}
 	return 0, io.EOF
 }
@@ -222,77 +215,84 @@ func (s *staleReadConn) Read(b []byte) (int, error) {
 // A batch the writer took off the queue (takeBatch) just before the
 // reader failed the connection (gone stale while idle) was never
 // written: it goes out on the next connection, as the reads written onto
-// the stale one are retried there. The window is the writer's encode (a
-// 900 KB set ahead of the get makes it wide); the fake connection's Read
-// reports EOF as soon as the writer has taken the batch.
+// the stale one are retried there. The window (the writer's encode) is
+// held open by the test: the codec's encoder, wrapped, waits in the set's
+// encoding until the reader has failed the connection.
 func TestUltraEncodedBatchResentOnFreshConn(t *testing.T) {
-	big := bytes.Repeat([]byte("v"), 900<<10)
-	hits := 0
-	for attempt := 0; attempt < 10 && hits == 0; attempt++ {
-		srv := startFakeServer(t, func(fc *fakeConn) {
-			if fc.N > 0 {
-				fc.Serve(fresh)
+	srv := startFakeServer(t, func(fc *fakeConn) {
+		if fc.N > 0 {
+			fc.Serve(fresh)
+			return
+		}
+		req, ok := fc.Next()
+		if !ok {
+			return
+		}
+		fc.Send(fakeReply(req, fresh))
+		for {
+			if _, ok := fc.Next(); !ok { // read, never answered
 				return
 			}
-			req, ok := fc.Next()
-			if !ok {
-				return
-			}
-			fc.Send(fakeReply(req, fresh))
-			for {
-				if _, ok := fc.Next(); !ok { // read, never answered
-					return
-				}
-			}
-		})
-		gate := make(chan struct{})
-		var first *staleReadConn
-		var c *Client
-		dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
-			var d net.Dialer
-			nc, err := d.DialContext(ctx, network, addr)
-			if err != nil || first != nil {
-				return nc, err
-			}
-			first = &staleReadConn{gateConn: gateConn{Conn: nc, gateOn: []byte("get b\r\n"), gate: gate}}
-			first.taken = func() (bool, bool) {
-				ln := c.drv.(*pipeDriver).lanes[0]
-				ln.mu.Lock()
-				defer ln.mu.Unlock()
-				return len(ln.pending) == 0 && ln.flight.len() == 2, ln.flight.len() > 2
-			}
-			return first, nil
 		}
-		c = newFaultClient(t, srv.Addr, Ultra, Options{Timeout: 2 * time.Second, DialContext: dial})
-		require.NoError(t, guardedGet(t, c, bg, "k").err)
-		first.armed.Store(true)
-
-		a := goGet(c, bg, "a") // alone on the idle connection: its caller reads
-		waitLane(t, c, "a in flight", func(n int, _ bool) bool { return n == 1 })
-		b := goGet(c, bg, "b") // written by b's caller, whose Write is held
-		waitLane(t, c, "b in flight", func(n int, _ bool) bool { return n == 2 })
-		set := make(chan error, 1)
-		go func() { set <- c.Set(bg, "s", big, 0) }()
-		waitPending(t, c, 1)
-		g := goGet(c, bg, "g")
-		waitPending(t, c, 2)
-
-		close(gate)
-		for _, ch := range []<-chan getResult{a, b} {
-			res := awaitGet(t, ch)
-			require.ErrorIs(t, res.err, ErrCacheMiss, "a read written onto the stale connection is retried")
+	})
+	gate := make(chan struct{})
+	encoding := make(chan struct{})
+	var first *staleReadConn
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var d net.Dialer
+		nc, err := d.DialContext(ctx, network, addr)
+		if err != nil || first != nil {
+			return nc, err
 		}
-		res := awaitGet(t, g)
-		serr := <-set
-		if first.missed.Load() {
-			t.Logf("attempt %d: the writer published first; get g: %v", attempt, res.err)
-			continue
-		}
-		t.Logf("attempt %d: set s (never written, not retried by design): %v", attempt, serr)
-		hits++
-		assert.ErrorIs(t, res.err, ErrCacheMiss, "get g, never written, on the stale connection's failure")
+		first = &staleReadConn{gateConn: gateConn{Conn: nc, gateOn: []byte("get b\r\n"), gate: gate}, encoding: encoding}
+		return first, nil
 	}
-	require.Equal(t, 1, hits, "the window was never hit")
+	c := newFaultClient(t, srv.Addr, Ultra, Options{Timeout: 2 * time.Second, DialContext: dial})
+
+	// Set before the first request, so that the lane's goroutines see it.
+	u := c.drv.(*pipeDriver)
+	encode := u.d.codec.appendRequest
+	var holdSet atomic.Bool
+	var failedWhileEncoding atomic.Bool
+	u.d.codec.appendRequest = func(dst []byte, r *request) []byte {
+		if r.key == "s" && holdSet.CompareAndSwap(true, false) {
+			close(encoding)
+			deadline := time.Now().Add(hangGuard)
+			for time.Now().Before(deadline) {
+				if _, connected := laneState(c); !connected {
+					failedWhileEncoding.Store(true)
+					break
+				}
+				time.Sleep(time.Millisecond)
+			}
+		}
+		return encode(dst, r)
+	}
+
+	require.NoError(t, guardedGet(t, c, bg, "k").err)
+	first.armed.Store(true)
+	holdSet.Store(true)
+
+	a := goGet(c, bg, "a") // alone on the idle connection: its caller reads
+	waitLane(t, c, "a in flight", func(n int, _ bool) bool { return n == 1 })
+	b := goGet(c, bg, "b") // written by b's caller, whose Write is held
+	waitLane(t, c, "b in flight", func(n int, _ bool) bool { return n == 2 })
+	set := make(chan error, 1)
+	go func() { set <- c.Set(bg, "s", []byte("queued"), 0) }()
+	waitPending(t, c, 1)
+	g := goGet(c, bg, "g")
+	waitPending(t, c, 2)
+
+	close(gate)
+	for _, ch := range []<-chan getResult{a, b} {
+		res := await(t, ch)
+		require.ErrorIs(t, res.err, ErrCacheMiss, "a read written onto the stale connection is retried")
+	}
+	res := await(t, g)
+	serr := guarded(t, func() error { return <-set })
+	require.True(t, failedWhileEncoding.Load(), "the reader failed the connection while the writer held the encoded batch")
+	t.Logf("set s, encoded with g and held: %v", serr)
+	assert.ErrorIs(t, res.err, ErrCacheMiss, "get g, never written, on the stale connection's failure")
 }
 
 // TestCloseOutcomesAreHonest: Close while Sets are in flight. A Set that
@@ -364,4 +364,55 @@ func checkCloseOutcomes(t *testing.T, addr string, proto Protocol, round int) {
 	}
 	require.NotZero(t, stored, "no Set completed before Close")
 	t.Logf("round %d: %d stored, %d ErrClosed (absent), %d outcome unknown", round, stored, closed, unknown)
+}
+
+// A reply that ends its connection (CLIENT_ERROR, as memcached -Y sends
+// for an unauthenticated request) must not leave the connection in
+// service while its caller already has the outcome: the caller's next
+// request goes over a fresh connection, every time.
+func TestUltraDiscardedConnNotReused(t *testing.T) {
+	srv := startFakeServer(t, func(fc *fakeConn) {
+		for {
+			req, ok := fc.Next()
+			if !ok {
+				return
+			}
+			if req.Line == "get refused" {
+				fc.Send("CLIENT_ERROR unauthenticated\r\n")
+				continue
+			}
+			fc.Send(fakeReply(req, fresh))
+		}
+	})
+	c := newTestClient(t, srv.Addr, Ultra, Options{})
+	c.drv.(*pipeDriver).lanes = c.drv.(*pipeDriver).lanes[:1]
+	for i := 0; i < 200; i++ {
+		_, err := c.Get(bg, "refused", nil)
+		var ce *ClientError
+		require.True(t, errors.As(err, &ce), "round %d: %v", i, err)
+		require.ErrorIs(t, err, ErrAuth)
+		require.NoError(t, c.Set(bg, "k", []byte("v"), 0), "round %d: the request after a discarded connection", i)
+	}
+	require.Equal(t, 201, srv.Accepted(), "one connection per refusal, plus the last")
+}
+
+// A request that times out reports the timeout, not the "use of closed
+// network connection" that the writer may see when the reader tears the
+// connection down under it. (Deadlines are rounded up to deadlineGrain,
+// so a server that never answers makes the timeout certain.)
+func TestUltraTimeoutReportedAsTimeout(t *testing.T) {
+	srv := startSilentServer(t)
+	for _, proto := range pipelinedDrivers {
+		t.Run(proto.String(), func(t *testing.T) {
+			for i := 0; i < 100; i++ {
+				c, err := New(srv.Addr, Options{Protocol: proto, Timeout: time.Nanosecond})
+				require.NoError(t, err)
+				_, err = c.Get(bg, "k", nil)
+				c.Close()
+				var ce *ConnError
+				require.True(t, errors.As(err, &ce), "round %d: %v is not a *ConnError", i, err)
+				require.True(t, ce.Timeout(), "round %d: %v is not a timeout", i, err)
+			}
+		})
+	}
 }
