@@ -161,10 +161,13 @@ func checkMetaClient(r *request, res fuzzResult, reply []byte) error {
 	out := parseOutcome{done: !isFault(res.err), failed: isFault(res.err), dst: string(res.value), cas: res.cas,
 		number: res.number, calls: res.calls}
 	if r.op.isSingleGet() {
-		// Get returns no flags: they show only in the value, which is
-		// decompressed by them, and that is compared.
+		// The client returns no flags (they show in the value, which is
+		// decompressed by them and compared), and a CAS id only from Gets.
 		rep, _ := refMetaSingle(reply, uint64(r.maxValue))
 		out.flags = rep.item.flags
+		if r.op != opGets {
+			out.cas = rep.item.cas
+		}
 	}
 	if err := checkMetaOutcome(r, out, reply); err != nil {
 		return err
