@@ -25,7 +25,7 @@ import (
 // client call of their own run a quiet command: opFence SetNoreply,
 // opAuth DeleteNoreply (each followed by the lane's fence, mn).
 func FuzzClientMeta(f *testing.F) {
-	tok := "O" + strconv.FormatUint(metaFuzzOpaque, 10)
+	tok := "O" + fuzzTok
 	f.Add(uint8(opGet), uint8(5), []byte("VA 5 f0 "+tok+"\r\nhello\r\n"))
 	f.Add(uint8(opGets), uint8(63), []byte("VA 2 c77 f3 "+tok+"\r\nhi\r\n"))
 	f.Add(uint8(opGet), uint8(63), []byte("EN "+tok+"\r\n"))
@@ -40,11 +40,12 @@ func FuzzClientMeta(f *testing.F) {
 	f.Add(uint8(opSet), uint8(63), []byte("HD O1\r\n"))
 	// A multi-get whose first key misses (quietly) and second hits.
 	f.Add(uint8(opGetMulti), uint8(4), []byte("VA 1 f0 O0\r\nB\r\nMN\r\n"))
-	f.Add(uint8(opGetMulti), uint8(63), []byte("VA 1 f0 O1\r\nB\r\nMN\r\n"))
+	f.Add(uint8(opGetMulti), uint8(63), []byte("VA 1 f0 O1\r\nB\r\nMN\r\n")) // O1: no key's token
 	// Trailing bytes under the token of the request after.
 	f.Add(uint8(opGet), uint8(63), []byte("EN "+tok+"\r\nVA 5 f0 O0\r\nstale\r\n"))
 	f.Add(uint8(opFence), uint8(9), []byte("NS "+tok+"\r\nMN\r\n"))
 	f.Add(uint8(opFence), uint8(63), []byte("VA 1 f0 O0\r\nx\r\nMN\r\n"))
+	f.Add(uint8(opAuth), uint8(5), []byte("NF "+tok+"\r\nMN\r\n"))
 	f.Add(uint8(opGet), uint8(63), []byte("VA 100000 f0 "+tok+"\r\n"+strings.Repeat("x", 100_000)+"\r\n"))
 	addEntriesOf(f, "FuzzMetaReply")
 	f.Fuzz(func(t *testing.T, op, chunk uint8, reply []byte) {
@@ -54,40 +55,52 @@ func FuzzClientMeta(f *testing.F) {
 
 // metaClientOp is the client call an opcode stands for.
 type metaClientOp struct {
-	lines int  // request lines it writes: the in-memory server counts each line (a data block too) as a request
-	quiet bool // it returns once sent; the lane's fence (mn) reads the reply
+	wire  string // what it writes (its tokens aside): the in-memory server counts its requests in it
+	quiet bool   // it returns once sent; the lane's fence (mn) reads the reply
 	call  func(c *Client, key string) fuzzResult
 }
 
 var metaClientOps = [...]metaClientOp{
-	opGet:      {lines: 1, call: fuzzOps[0]},
-	opGets:     {lines: 1, call: fuzzOps[1]},
-	opGat:      {lines: 1, call: fuzzOps[2]},
-	opGetMulti: {lines: 3, call: fuzzOps[3]}, // two quiet mg and mn
-	opSet:      {lines: 2, call: fuzzOps[5]},
-	opAdd:      {lines: 2, call: metaCall(opAdd, func(c *Client, k string) error { return c.Add(bg, k, []byte("v"), 0) })},
-	opReplace:  {lines: 2, call: metaCall(opReplace, func(c *Client, k string) error { return c.Replace(bg, k, []byte("v"), 0) })},
-	opAppend:   {lines: 2, call: metaCall(opAppend, func(c *Client, k string) error { return c.Append(bg, k, []byte("v")) })},
-	opPrepend:  {lines: 2, call: metaCall(opPrepend, func(c *Client, k string) error { return c.Prepend(bg, k, []byte("v")) })},
-	opCAS: {lines: 2, call: metaCall(opCAS, func(c *Client, k string) error {
+	opGet:      {wire: "mg a v f O1\r\n", call: fuzzOps[0]},
+	opGets:     {wire: "mg a v f c O1\r\n", call: fuzzOps[1]},
+	opGat:      {wire: "mg a v f T60 O1\r\n", call: fuzzOps[2]},
+	opGetMulti: {wire: "mg a v f q O1\r\nmg a2 v f q O2\r\nmn\r\n", call: fuzzOps[3]},
+	opSet:      {wire: "ms a 1 O1\r\nv\r\n", call: fuzzOps[5]},
+	opAdd:      {wire: "ms a 1 ME O1\r\nv\r\n", call: metaCall(opAdd, func(c *Client, k string) error { return c.Add(bg, k, []byte("v"), 0) })},
+	opReplace:  {wire: "ms a 1 MR O1\r\nv\r\n", call: metaCall(opReplace, func(c *Client, k string) error { return c.Replace(bg, k, []byte("v"), 0) })},
+	opAppend:   {wire: "ms a 1 MA O1\r\nv\r\n", call: metaCall(opAppend, func(c *Client, k string) error { return c.Append(bg, k, []byte("v")) })},
+	opPrepend:  {wire: "ms a 1 MP O1\r\nv\r\n", call: metaCall(opPrepend, func(c *Client, k string) error { return c.Prepend(bg, k, []byte("v")) })},
+	opCAS: {wire: "ms a 1 C1 O1\r\nv\r\n", call: metaCall(opCAS, func(c *Client, k string) error {
 		return c.CompareAndSwap(bg, k, []byte("v"), 1, 0)
 	})},
-	opIncr: {lines: 1, call: fuzzOps[4]},
-	opDecr: {lines: 1, call: func(c *Client, key string) fuzzResult {
+	opIncr: {wire: "ma a v D1 O1\r\n", call: fuzzOps[4]},
+	opDecr: {wire: "ma a v MD D1 O1\r\n", call: func(c *Client, key string) fuzzResult {
 		n, err := c.Decr(bg, key, 1)
 		return fuzzResult{op: opDecr, key: key, number: n, err: err}
 	}},
-	opDelete:   {lines: 1, call: fuzzOps[6]},
-	opTouch:    {lines: 1, call: metaCall(opTouch, func(c *Client, k string) error { return c.Touch(bg, k, time.Minute) })},
-	opFlushAll: {lines: 1, call: metaCall(opFlushAll, func(c *Client, _ string) error { return c.FlushAll(bg) })},
-	opStats:    {lines: 1, call: fuzzOps[7]},
-	opVersion:  {lines: 1, call: fuzzOps[8]},
-	opAuth: {lines: 2, quiet: true, call: metaCall(opAuth, func(c *Client, k string) error {
+	opDelete:   {wire: "md a O1\r\n", call: fuzzOps[6]},
+	opTouch:    {wire: "mg a T60 O1\r\n", call: metaCall(opTouch, func(c *Client, k string) error { return c.Touch(bg, k, time.Minute) })},
+	opFlushAll: {wire: "flush_all\r\n", call: metaCall(opFlushAll, func(c *Client, _ string) error { return c.FlushAll(bg) })},
+	opStats:    {wire: "stats\r\n", call: fuzzOps[7]},
+	opVersion:  {wire: "version\r\n", call: fuzzOps[8]},
+	opAuth: {wire: "md a q O1\r\nmn\r\n", quiet: true, call: metaCall(opAuth, func(c *Client, k string) error {
 		return c.DeleteNoreply(bg, k)
 	})},
-	opFence: {lines: 3, quiet: true, call: metaCall(opFence, func(c *Client, k string) error {
+	opFence: {wire: "ms a 1 q O1\r\nv\r\nmn\r\n", quiet: true, call: metaCall(opFence, func(c *Client, k string) error {
 		return c.SetNoreply(bg, k, []byte("v"), 0)
 	})},
+}
+
+// fuzzRequests counts the requests the in-memory server finds in wire.
+func fuzzRequests(wire []byte) int {
+	n := 0
+	for {
+		_, size := splitRequest(Meta, wire)
+		if size == 0 {
+			return n
+		}
+		wire, n = wire[size:], n+1
+	}
 }
 
 // metaCall makes a client call that returns only an error into a fuzz op.
@@ -98,7 +111,7 @@ func metaCall(op opcode, call func(c *Client, key string) error) func(c *Client,
 func oneMetaRequest(t *testing.T, op, chunk uint8, reply []byte) error {
 	r := metaFuzzRequest(op)
 	m := metaClientOps[r.op]
-	srv := newFuzzServer(Meta, reply, int(chunk%64)+1, m.lines)
+	srv := newFuzzServer(Meta, reply, int(chunk%64)+1, fuzzRequests([]byte(m.wire)))
 	c := fuzzClient(t, Meta, srv)
 	defer c.Close()
 	ln := c.drv.(*pipeDriver).lanes[0]
