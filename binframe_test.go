@@ -66,38 +66,6 @@ func be64(v uint64) string { return string(binary.BigEndian.AppendUint64(nil, v)
 // join concatenates frames into one reply stream.
 func join(frames ...[]byte) []byte { return bytes.Join(frames, nil) }
 
-// feedBinReply runs parseBinaryReply over reply delivered chunk bytes at a
-// time, the way conn.readReply feeds it: bytes the parser did not use stay
-// in front of the next chunk. It fails the test if the parser wants more
-// after the whole reply, or finishes with bytes left over.
-func feedBinReply(t *testing.T, r *request, reply []byte, chunk int) error {
-	t.Helper()
-	var buf []byte
-	off := 0
-	for {
-		end := min(off+chunk, len(reply))
-		buf = append(buf, reply[off:end]...)
-		off = end
-		n, done, err := parseBinaryReply(r, buf)
-		if n < 0 || n > len(buf) {
-			t.Fatalf("parser used %d of %d bytes", n, len(buf))
-		}
-		buf = buf[n:]
-		if err != nil {
-			return err
-		}
-		if done {
-			if len(buf) != 0 || off != len(reply) {
-				t.Fatalf("reply complete with %d bytes unused, %d unread", len(buf), len(reply)-off)
-			}
-			return nil
-		}
-		if off == len(reply) {
-			t.Fatalf("parser wants more bytes after the whole %d-byte reply (%d unused)", len(reply), len(buf))
-		}
-	}
-}
-
 // chunkSizes covers one byte at a time, splits inside and at the edges of
 // the header, and the whole reply at once.
 var chunkSizes = []int{1, 2, 7, 23, 24, 25, 31, 1 << 20}
@@ -355,7 +323,7 @@ func TestBinaryReplySuccess(t *testing.T) {
 				if c.setup != nil {
 					c.setup(r)
 				}
-				if err := feedBinReply(t, r, c.reply, chunk); err != nil {
+				if err := feedWhole(t, parseBinaryReply, r, c.reply, chunk); err != nil {
 					t.Fatalf("parse: %v", err)
 				}
 				if r.err != nil {
@@ -383,7 +351,7 @@ func TestBinaryReplySuccess(t *testing.T) {
 			var got []multiHit
 			r.keys = keys
 			r.onValue = func(i int, v []byte) { got = append(got, multiHit{i, string(v)}) }
-			if err := feedBinReply(t, r, reply, chunk); err != nil || r.err != nil {
+			if err := feedWhole(t, parseBinaryReply, r, reply, chunk); err != nil || r.err != nil {
 				t.Fatalf("parse: %v, outcome %v", err, r.err)
 			}
 			want := []multiHit{{0, "A"}, {3, strings.Repeat("abcd", 100)}, {2, "A"}}
@@ -502,7 +470,7 @@ func TestBinaryMultiGetErrors(t *testing.T) {
 			binResp(binGetKQ, 0x01, 0, 0, "", "", "Not found"), // a miss, even if not quiet, is no error
 			binResp(binNoop, 0, 2, 0, "", "", ""),
 		)
-		if err := feedBinReply(t, r, reply, 5); err != nil {
+		if err := feedWhole(t, parseBinaryReply, r, reply, 5); err != nil {
 			t.Fatalf("parse: %v", err)
 		}
 		var se *StatusError
@@ -526,7 +494,7 @@ func TestBinaryMultiGetErrors(t *testing.T) {
 	})
 	t.Run("error on noop", func(t *testing.T) {
 		r := multi()
-		if err := feedBinReply(t, r, binResp(binNoop, 0x84, 2, 0, "", "", "boom"), 100); err != nil {
+		if err := feedWhole(t, parseBinaryReply, r, binResp(binNoop, 0x84, 2, 0, "", "", "boom"), 100); err != nil {
 			t.Fatalf("parse: %v", err)
 		}
 		var se *StatusError
@@ -608,18 +576,18 @@ func TestBinaryHugeBodyRefusedBeforeBuffering(t *testing.T) {
 	// A value exactly at MaxValueLength is fine.
 	r = newBinReq(opGet)
 	r.maxValue = 10
-	if err := feedBinReply(t, r, binResp(binGet, 0, binOpaque, 1, be32(0), "", "0123456789"), 4); err != nil || string(r.dst) != "0123456789" {
+	if err := feedWhole(t, parseBinaryReply, r, binResp(binGet, 0, binOpaque, 1, be32(0), "", "0123456789"), 4); err != nil || string(r.dst) != "0123456789" {
 		t.Errorf("value at the limit: err %v, dst %q", err, r.dst)
 	}
 	r = newBinReq(opGet)
 	r.maxValue = 9
-	if err := feedBinReply(t, r, binResp(binGet, 0, binOpaque, 1, be32(0), "", "0123456789"), 4); !errors.Is(err, ErrProtocol) {
+	if err := feedWhole(t, parseBinaryReply, r, binResp(binGet, 0, binOpaque, 1, be32(0), "", "0123456789"), 4); !errors.Is(err, ErrProtocol) {
 		t.Errorf("value over the limit: err %v, want ErrProtocol", err)
 	}
 	// Replies without a user value get a floor, so that the auth reply
 	// (whose request carries no MaxValueLength) still fits.
 	r = &request{op: opAuth}
-	if err := feedBinReply(t, r, binResp(binSASLAuth, 0, binOpaque, 0, "", "", "Authenticated"), 4); err != nil || r.err != nil {
+	if err := feedWhole(t, parseBinaryReply, r, binResp(binSASLAuth, 0, binOpaque, 0, "", "", "Authenticated"), 4); err != nil || r.err != nil {
 		t.Errorf("auth reply with no MaxValueLength: err %v, outcome %v", err, r.err)
 	}
 }
@@ -631,7 +599,7 @@ func TestBinaryFrameBuffering(t *testing.T) {
 	reply := binResp(binGet, 0, binOpaque, 1, be32(0), "", string(value))
 
 	r := newBinReq(opGet)
-	if err := feedBinReply(t, r, reply, len(reply)); err != nil || !bytes.Equal(r.dst, value) {
+	if err := feedWhole(t, parseBinaryReply, r, reply, len(reply)); err != nil || !bytes.Equal(r.dst, value) {
 		t.Fatalf("whole frame: err %v, value intact %v", err, bytes.Equal(r.dst, value))
 	}
 	if cap(r.parse.scratch) != 0 {
@@ -639,7 +607,7 @@ func TestBinaryFrameBuffering(t *testing.T) {
 	}
 
 	r = newBinReq(opGet)
-	if err := feedBinReply(t, r, reply, 16<<10); err != nil || !bytes.Equal(r.dst, value) {
+	if err := feedWhole(t, parseBinaryReply, r, reply, 16<<10); err != nil || !bytes.Equal(r.dst, value) {
 		t.Fatalf("split frame: err %v, value intact %v", err, bytes.Equal(r.dst, value))
 	}
 	if c := cap(r.parse.scratch); c < len(reply) || c > 2*len(reply) {

@@ -34,11 +34,11 @@ type parseOutcome struct {
 	calls        []textCall
 }
 
-// feedReply runs parse over reply delivered step bytes at a time, the way
-// a connection feeds it: bytes the parser did not use stay in front of the
-// next chunk. It checks what every parser must do whatever the bytes: use
-// only bytes it was given, and buffer no more than one value.
-func feedReply(t *testing.T, parse func(*request, []byte) (int, bool, error), r *request, reply []byte, step, scratchLimit int) (parseOutcome, error) {
+// feedReply runs parse over reply delivered step bytes at a time
+// (feedChunks) and sums up what it produced. It checks what every parser
+// must do whatever the bytes: deliver values only for the request's keys,
+// and buffer no more than one value.
+func feedReply(t *testing.T, parse replyParser, r *request, reply []byte, step, scratchLimit int) (parseOutcome, error) {
 	t.Helper()
 	var out parseOutcome
 	r.onValue = func(i int, v []byte) {
@@ -47,20 +47,9 @@ func feedReply(t *testing.T, parse func(*request, []byte) (int, bool, error), r 
 		}
 		out.calls = append(out.calls, textCall{i, string(v)})
 	}
-	var buf []byte
-	var err error
-	for off := 0; off < len(reply) && !out.done && err == nil; {
-		end := min(off+step, len(reply))
-		buf = append(buf, reply[off:end]...)
-		off = end
-		var n int
-		n, out.done, err = parse(r, buf)
-		if n < 0 || n > len(buf) {
-			t.Fatalf("parser used %d of %d bytes", n, len(buf))
-		}
-		out.used += n
-		buf = buf[n:]
-	}
+	f := feedChunks(t, parse, r, inSteps(reply, step))
+	out.done, out.used = f.done, f.used
+	err := f.err
 	if c := cap(r.parse.scratch); c > scratchLimit {
 		t.Fatalf("scratch buffer of %d bytes, limit %d", c, scratchLimit)
 	}

@@ -27,7 +27,9 @@ import (
 //   faults_cut_test.go        connection ended mid-reply or while idle
 //   faults_refused_test.go    dial refused or timed out, DNS, connection limit
 //   faults_errors_test.go     ERROR, CLIENT_ERROR, SERVER_ERROR replies
-// Codecs on bytes: textparse_, metaparse_, binframe_, values_test.go; fuzz_*
+// Codecs on bytes: textparse_, metaparse_, binframe_, values_test.go; all
+// feed replies to the parsers through parsefeed_test.go (feedChunks, and
+// on it feed/feedMeta for the tables, feedWhole, the fuzz feedReply). fuzz_*
 // are the fuzz targets (fuzz_conn_test.go: the in-memory server they use).
 // Allocation counts: *alloc_test.go, built only without -race.
 // Servers: this file starts memcached and nutcracker (startMemcached,

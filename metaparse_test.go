@@ -143,7 +143,10 @@ func TestValidMetaKey(t *testing.T) {
 	assert.Greater(t, base64.StdEncoding.EncodedLen(maxBase64Key+1), maxMetaKeyToken)
 }
 
-func feedMeta(r *request, chunks ...[]byte) outcome { return feedWith(parseMetaReply, r, chunks...) }
+func feedMeta(t testing.TB, r *request, chunks ...[]byte) outcome {
+	t.Helper()
+	return feedOutcome(t, parseMetaReply, r, chunks...)
+}
 
 func newMetaReq(op opcode, key string, opaque uint32) func() *request {
 	return func() *request { return &request{op: op, key: key, opaque: opaque, maxValue: 1 << 20} }
@@ -311,7 +314,7 @@ func TestParseMetaReplyKinds(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			tc.check(t, feedMeta(tc.req(), []byte(tc.reply)))
+			tc.check(t, feedMeta(t, tc.req(), []byte(tc.reply)))
 		})
 	}
 }
@@ -329,7 +332,7 @@ func TestParseMetaReplyConsumesExactlyOneReply(t *testing.T) {
 		{newMetaReq(opFence, "", 0), "NS O3\r\nMN\r\n"},
 	} {
 		next := "HD O8\r\n"
-		o := feedMeta(tc.req(), []byte(tc.reply+next))
+		o := feedMeta(t, tc.req(), []byte(tc.reply+next))
 		require.NoError(t, o.err, tc.reply)
 		assert.True(t, o.Done, tc.reply)
 		assert.Equal(t, len(tc.reply), o.N, "the next reply is left for the next request: %q", tc.reply)
@@ -360,7 +363,7 @@ func TestParseMetaReplyStampedeFlags(t *testing.T) {
 	for _, tc := range cases {
 		r := &request{op: tc.op, key: "k", opaque: 7, maxValue: 100}
 		r.meta.win, r.meta.stale = true, true // set beforehand: record replaces every returned flag
-		o := feedMeta(r, []byte(tc.reply))
+		o := feedMeta(t, r, []byte(tc.reply))
 		require.NoError(t, o.err, tc.reply)
 		require.True(t, o.Done, tc.reply)
 		assert.Equal(t, tc.found, o.Found, tc.reply)
@@ -371,7 +374,7 @@ func TestParseMetaReplyStampedeFlags(t *testing.T) {
 		assert.Equal(t, want, got, tc.reply)
 	}
 	for _, bad := range []string{"EN O7 W W\r\n", "EN O7 t\r\n", "EN O7 t-2\r\n", "EN O7 t+1\r\n", "EN O7 t9223372036854775808\r\n", "EN O7 Zz\r\n"} {
-		o := feedMeta(&request{op: opGet, key: "k", opaque: 7, maxValue: 100}, []byte(bad))
+		o := feedMeta(t, &request{op: opGet, key: "k", opaque: 7, maxValue: 100}, []byte(bad))
 		assert.ErrorIs(t, o.err, ErrProtocol, bad)
 	}
 }
@@ -393,7 +396,7 @@ func TestParseMetaReplyMultiGet(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			o := feedMeta(newMetaMulti(tc.opaque, tc.keys...)(), []byte(tc.reply))
+			o := feedMeta(t, newMetaMulti(tc.opaque, tc.keys...)(), []byte(tc.reply))
 			require.NoError(t, o.err)
 			require.NoError(t, o.rerr)
 			assert.True(t, o.Done)
@@ -415,7 +418,7 @@ func TestParseMetaReplyMultiGet(t *testing.T) {
 	}
 	for _, tc := range refused {
 		t.Run(tc.name, func(t *testing.T) {
-			o := feedMeta(newMetaMulti(7, "a", "b")(), []byte(tc.reply))
+			o := feedMeta(t, newMetaMulti(7, "a", "b")(), []byte(tc.reply))
 			assert.ErrorIs(t, o.err, ErrProtocol)
 			assert.False(t, o.Done)
 		})
@@ -423,7 +426,7 @@ func TestParseMetaReplyMultiGet(t *testing.T) {
 
 	t.Run("error lines discard the connection", func(t *testing.T) {
 		for _, line := range []string{"SERVER_ERROR out of memory", "CLIENT_ERROR bad command line format", "ERROR"} {
-			o := feedMeta(newMetaMulti(7, "a", "b")(), []byte("VA 1 f0 O7\r\nA\r\n"+line+"\r\nMN\r\n"))
+			o := feedMeta(t, newMetaMulti(7, "a", "b")(), []byte("VA 1 f0 O7\r\nA\r\n"+line+"\r\nMN\r\n"))
 			assert.True(t, o.Done, line)
 			assert.Equal(t, errDiscardConn, o.err, "the gets after it still answer: %s", line)
 			assert.Error(t, o.rerr)
@@ -437,7 +440,7 @@ func TestParseMetaReplyGetBatch(t *testing.T) {
 	// to the member whose opaque it carries.
 	members := []*request{{op: opGet, key: "x", maxValue: 100}, {op: opGet, key: "y", maxValue: 100}, {op: opGet, key: "x", maxValue: 100}}
 	b := &request{op: opGetBatch, members: members, opaque: 40, maxValue: 100}
-	o := feedMeta(b, bytewise([]byte("VA 1 f0 O40\r\nX\r\nVA 2 f1 O42\r\nX2\r\nMN\r\n"))...)
+	o := feedMeta(t, b, bytewise([]byte("VA 1 f0 O40\r\nX\r\nVA 2 f1 O42\r\nX2\r\nMN\r\n"))...)
 	require.NoError(t, o.err)
 	assert.True(t, o.Done)
 	assert.True(t, members[0].found)
@@ -448,21 +451,21 @@ func TestParseMetaReplyGetBatch(t *testing.T) {
 	assert.Equal(t, uint32(1), members[2].resFlags)
 
 	b = &request{op: opGetBatch, members: []*request{{op: opGet, key: "x"}}, opaque: 40, maxValue: 100}
-	o = feedMeta(b, []byte("VA 1 f0 O41\r\nX\r\nMN\r\n"))
+	o = feedMeta(t, b, []byte("VA 1 f0 O41\r\nX\r\nMN\r\n"))
 	assert.ErrorIs(t, o.err, ErrProtocol)
 }
 
 func TestParseMetaReplyFence(t *testing.T) {
 	// What earlier quiet commands still answer is dropped; MN ends it.
 	dropped := "NS O1\r\nEX O2\r\nNF O3\r\nEN O4\r\nHD O5\r\nSERVER_ERROR object too large for cache\r\nCLIENT_ERROR bad data chunk\r\nERROR\r\n"
-	o := feedMeta(&request{op: opFence, sink: true}, []byte(dropped+"MN\r\n"))
+	o := feedMeta(t, &request{op: opFence, sink: true}, []byte(dropped+"MN\r\n"))
 	require.NoError(t, o.err)
 	require.NoError(t, o.rerr)
 	assert.True(t, o.Done)
 	assert.Equal(t, len(dropped)+4, o.N)
 
 	for _, bad := range []string{"VA 1 f0 O1\r\nx\r\nMN\r\n", "VERSION 1.6.18\r\n", "STORED\r\n"} {
-		o := feedMeta(&request{op: opFence, sink: true}, []byte(bad))
+		o := feedMeta(t, &request{op: opFence, sink: true}, []byte(bad))
 		assert.ErrorIs(t, o.err, ErrProtocol, bad)
 	}
 }
@@ -470,7 +473,7 @@ func TestParseMetaReplyFence(t *testing.T) {
 func TestParseMetaReplyValueOverMaxValue(t *testing.T) {
 	for _, size := range []string{"5", "4294967295", "2147483648"} {
 		r := &request{op: opGet, key: "foo", opaque: 7, maxValue: 4}
-		o := feedMeta(r, []byte("VA "+size+" f0 O7\r\n"))
+		o := feedMeta(t, r, []byte("VA "+size+" f0 O7\r\n"))
 		assert.False(t, o.Done)
 		if size == "4294967295" {
 			assert.ErrorIs(t, o.err, ErrProtocol, "a size no value can have")
@@ -481,7 +484,7 @@ func TestParseMetaReplyValueOverMaxValue(t *testing.T) {
 		assert.Zero(t, cap(r.parse.scratch), "nothing allocated for it")
 	}
 	r := &request{op: opGetMulti, keys: []string{"a", "b"}, opaque: 7, maxValue: 4}
-	o := feedMeta(r, []byte("VA 4 f0 O7\r\nabcd\r\nVA 5 f0 O8\r\n"))
+	o := feedMeta(t, r, []byte("VA 4 f0 O7\r\nabcd\r\nVA 5 f0 O8\r\n"))
 	assert.ErrorIs(t, o.err, ErrValueTooLarge)
 	assert.Equal(t, []hit{{0, "abcd"}}, o.Hits)
 }
@@ -491,7 +494,7 @@ func TestParseMetaReplyCompressedValue(t *testing.T) {
 	packed, ok := appendCompressed(nil, plain)
 	require.True(t, ok)
 	reply := fmt.Appendf(nil, "VA %d f%d O7\r\n%s\r\n", len(packed), FlagCompressed, packed)
-	o := feedMeta(newMetaReq(opGet, "foo", 7)(), reply)
+	o := feedMeta(t, newMetaReq(opGet, "foo", 7)(), reply)
 	require.NoError(t, o.err)
 	require.NoError(t, o.rerr)
 	assert.Equal(t, string(plain), o.Dst)
@@ -500,7 +503,7 @@ func TestParseMetaReplyCompressedValue(t *testing.T) {
 	bad := append([]byte(nil), packed...)
 	bad[0]++
 	reply = fmt.Appendf(nil, "VA %d f8 O7\r\n%s\r\nVA %d f8 O8\r\n%s\r\nMN\r\n", len(bad), bad, len(packed), packed)
-	o = feedMeta(newMetaMulti(7, "a", "b")(), reply)
+	o = feedMeta(t, newMetaMulti(7, "a", "b")(), reply)
 	assert.True(t, o.Done)
 	assert.NoError(t, o.err, "a corrupt value leaves the stream in step")
 	assert.ErrorIs(t, o.rerr, ErrCorruptValue)
@@ -548,8 +551,9 @@ func metaResumableReplies() []struct {
 }
 
 func TestParseMetaReplyResumable(t *testing.T) {
-	feed := func(r *request, chunks ...[]byte) outcome {
-		o := feedMeta(r, chunks...)
+	feed := func(t *testing.T, r *request, chunks ...[]byte) outcome {
+		t.Helper()
+		o := feedMeta(t, r, chunks...)
 		if o.err != nil && o.err != errDiscardConn {
 			o.N = 0 // how far a refused stream was read does not matter
 		}
@@ -557,18 +561,18 @@ func TestParseMetaReplyResumable(t *testing.T) {
 	}
 	for _, tc := range metaResumableReplies() {
 		t.Run(tc.name, func(t *testing.T) {
-			want := feed(tc.req(), tc.reply)
+			want := feed(t, tc.req(), tc.reply)
 			require.True(t, want.Done || want.err != nil, "the one-shot parse must finish: %+v", want)
 			for cut := 0; cut <= len(tc.reply); cut++ {
-				if got := feed(tc.req(), splits(tc.reply, cut)...); !assert.Equal(t, want, got, "split at %d", cut) {
+				if got := feed(t, tc.req(), splits(tc.reply, cut)...); !assert.Equal(t, want, got, "split at %d", cut) {
 					return
 				}
 			}
-			assert.Equal(t, want, feed(tc.req(), bytewise(tc.reply)...), "one byte at a time")
+			assert.Equal(t, want, feed(t, tc.req(), bytewise(tc.reply)...), "one byte at a time")
 			if len(tc.reply) <= 80 {
 				for a := 1; a < len(tc.reply); a++ {
 					for b := a; b < len(tc.reply); b++ {
-						if got := feed(tc.req(), splits(tc.reply, a, b)...); !assert.Equal(t, want, got, "split at %d and %d", a, b) {
+						if got := feed(t, tc.req(), splits(tc.reply, a, b)...); !assert.Equal(t, want, got, "split at %d and %d", a, b) {
 							return
 						}
 					}
@@ -584,7 +588,7 @@ func TestParseMetaReplyScratchBounded(t *testing.T) {
 	value := strings.Repeat("v", 5000)
 	reply := []byte("VA 5000 f0 O7\r\n" + value + "\r\nMN\r\n")
 	r := newMetaMulti(7, "foo")()
-	o := feedMeta(r, bytewise(reply)...)
+	o := feedMeta(t, r, bytewise(reply)...)
 	require.NoError(t, o.err)
 	assert.Equal(t, []hit{{0, value}}, o.Hits)
 	assert.GreaterOrEqual(t, cap(r.parse.scratch), 5000)
@@ -598,7 +602,7 @@ func TestParseMetaReplyIntoDst(t *testing.T) {
 	reply := []byte("VA 5000 f3 O7\r\n" + value + "\r\n")
 	r := newMetaReq(opGet, "foo", 7)()
 	r.dst = append(make([]byte, 0, 8), "pre"...)
-	o := feedMeta(r, splits(reply, 100, 2000, 4000, len(reply)-2, len(reply)-1)...)
+	o := feedMeta(t, r, splits(reply, 100, 2000, 4000, len(reply)-2, len(reply)-1)...)
 	require.NoError(t, o.err)
 	require.True(t, o.Done)
 	assert.Equal(t, "pre"+value, o.Dst)
@@ -622,6 +626,6 @@ func TestParseMetaReplyIntoDst(t *testing.T) {
 	assert.Equal(t, value, string(r.dst))
 
 	bad := []byte("VA 5000 f0 O7\r\n" + value + "\n\r")
-	o = feedMeta(newMetaReq(opGet, "foo", 7)(), splits(bad, 100)...)
+	o = feedMeta(t, newMetaReq(opGet, "foo", 7)(), splits(bad, 100)...)
 	assert.ErrorIs(t, o.err, ErrProtocol, "the block's CRLF is checked")
 }

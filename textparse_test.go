@@ -110,63 +110,26 @@ func errString(err error) string {
 	return err.Error()
 }
 
-// feed runs the parser over reply delivered in the given chunks, the way a
-// connection would: bytes the parser did not consume are kept and more are
-// appended. After every call the old buffer is scribbled over, so a parser
-// that kept a reference to consumed bytes produces a wrong value.
-func feed(r *request, chunks ...[]byte) outcome {
-	return feedWith(parseTextReply, r, chunks...)
+// feed runs the text parser over reply delivered in the given chunks
+// (feedChunks) and sums up what it produced.
+func feed(t testing.TB, r *request, chunks ...[]byte) outcome {
+	t.Helper()
+	return feedOutcome(t, parseTextReply, r, chunks...)
 }
 
-// feedWith is feed for any reply parser.
-func feedWith(parse func(*request, []byte) (int, bool, error), r *request, chunks ...[]byte) outcome {
+// feedOutcome is feed for any reply parser.
+func feedOutcome(t testing.TB, parse replyParser, r *request, chunks ...[]byte) outcome {
+	t.Helper()
 	var o outcome
 	if r.op == opGetMulti && r.onValue == nil {
 		r.onValue = func(i int, v []byte) { o.Hits = append(o.Hits, hit{i, string(v)}) }
 	}
-	var pending []byte
-	for _, c := range chunks {
-		pending = append(pending, c...)
-		n, done, err := parse(r, pending)
-		if n < 0 || n > len(pending) {
-			o.Err = fmt.Sprintf("parser consumed %d of %d bytes", n, len(pending))
-			return o
-		}
-		o.N += n
-		if done || err != nil {
-			o.Done, o.err = done, err
-			break
-		}
-		rest := append([]byte(nil), pending[n:]...)
-		for i := range pending {
-			pending[i] = 0xEE
-		}
-		pending = rest
-	}
+	f := feedChunks(t, parse, r, chunks)
+	o.N, o.Done, o.err = f.used, f.done, f.err
 	o.Err, o.rerr, o.RErr = errString(o.err), r.err, errString(r.err)
 	o.Found, o.Dst, o.Flags, o.CAS = r.found, string(r.dst), r.resFlags, r.resCAS
 	o.Number, o.Text, o.Stats = r.number, r.text, r.stats
 	return o
-}
-
-// splits returns reply cut into chunks at the given positions.
-func splits(reply []byte, cuts ...int) [][]byte {
-	var chunks [][]byte
-	prev := 0
-	for _, c := range cuts {
-		chunks = append(chunks, reply[prev:c])
-		prev = c
-	}
-	return append(chunks, reply[prev:])
-}
-
-// bytewise returns reply as one chunk per byte.
-func bytewise(reply []byte) [][]byte {
-	chunks := make([][]byte, len(reply))
-	for i := range reply {
-		chunks[i] = reply[i : i+1]
-	}
-	return chunks
 }
 
 func newReq(op opcode, key string) func() *request {
@@ -389,7 +352,7 @@ func TestParseTextReplyKinds(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			o := feed(tc.req(), []byte(tc.reply))
+			o := feed(t, tc.req(), []byte(tc.reply))
 			tc.check(t, o)
 			if o.Done {
 				assert.Equal(t, len(tc.reply), o.N, "a complete reply is consumed exactly")
@@ -423,7 +386,7 @@ func TestParseTextReplyMultiGet(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			o := feed(newMulti(tc.keys...)(), []byte(tc.reply))
+			o := feed(t, newMulti(tc.keys...)(), []byte(tc.reply))
 			require.True(t, o.Done)
 			require.NoError(t, o.err)
 			assert.NoError(t, o.rerr, "a multi-get miss is not an error")
@@ -432,16 +395,16 @@ func TestParseTextReplyMultiGet(t *testing.T) {
 		})
 	}
 	t.Run("key not requested", func(t *testing.T) {
-		o := feed(newMulti("a", "b")(), []byte("VALUE a 0 1\r\n1\r\nVALUE zz 0 1\r\n2\r\nEND\r\n"))
+		o := feed(t, newMulti("a", "b")(), []byte("VALUE a 0 1\r\n1\r\nVALUE zz 0 1\r\n2\r\nEND\r\n"))
 		assert.ErrorIs(t, o.err, ErrProtocol)
 		assert.Equal(t, []hit{{0, "1"}}, o.Hits)
 	})
 	t.Run("key is a prefix of a requested key", func(t *testing.T) {
-		o := feed(newMulti("ab")(), []byte("VALUE a 0 1\r\n1\r\nEND\r\n"))
+		o := feed(t, newMulti("ab")(), []byte("VALUE a 0 1\r\n1\r\nEND\r\n"))
 		assert.ErrorIs(t, o.err, ErrProtocol)
 	})
 	t.Run("SERVER_ERROR after values", func(t *testing.T) {
-		o := feed(newMulti("a", "b")(), []byte("VALUE a 0 1\r\n1\r\nSERVER_ERROR out of memory writing get response\r\n"))
+		o := feed(t, newMulti("a", "b")(), []byte("VALUE a 0 1\r\n1\r\nSERVER_ERROR out of memory writing get response\r\n"))
 		assert.True(t, o.Done)
 		// The reply was cut short (twemproxy closes the connection after
 		// it): outcome kept, connection discarded.
@@ -459,14 +422,14 @@ func TestParseTextReplySingleKeyMismatch(t *testing.T) {
 			cas = " 1"
 		}
 		t.Run(fmt.Sprint("op", op), func(t *testing.T) {
-			o := feed(newReq(op, "foo")(), []byte("VALUE bar 0 1"+cas+"\r\nx\r\nEND\r\n"))
+			o := feed(t, newReq(op, "foo")(), []byte("VALUE bar 0 1"+cas+"\r\nx\r\nEND\r\n"))
 			assert.ErrorIs(t, o.err, ErrProtocol, "VALUE for a key that was not requested")
 			assert.False(t, o.Found)
 
-			o = feed(newReq(op, "foo")(), []byte("VALUE fo 0 1"+cas+"\r\nx\r\nEND\r\n"))
+			o = feed(t, newReq(op, "foo")(), []byte("VALUE fo 0 1"+cas+"\r\nx\r\nEND\r\n"))
 			assert.ErrorIs(t, o.err, ErrProtocol, "VALUE for a prefix of the key")
 
-			o = feed(newReq(op, "foo")(), []byte("VALUE foo 0 1"+cas+"\r\nx\r\nVALUE foo 0 1"+cas+"\r\ny\r\nEND\r\n"))
+			o = feed(t, newReq(op, "foo")(), []byte("VALUE foo 0 1"+cas+"\r\nx\r\nVALUE foo 0 1"+cas+"\r\ny\r\nEND\r\n"))
 			assert.ErrorIs(t, o.err, ErrProtocol, "a second VALUE on a single-key get")
 			assert.Equal(t, "x", o.Dst, "the first value was delivered, the second never")
 		})
@@ -497,7 +460,7 @@ func TestParseTextReplyMalformedValueLines(t *testing.T) {
 		for _, maxValue := range []int{1 << 20, math.MaxInt} {
 			t.Run(fmt.Sprintf("%s/max=%d", tc.name, maxValue), func(t *testing.T) {
 				r := &request{op: opGet, key: "foo", maxValue: maxValue}
-				o := feed(r, []byte(tc.line+"bar\r\nEND\r\n"))
+				o := feed(t, r, []byte(tc.line+"bar\r\nEND\r\n"))
 				assert.ErrorIs(t, o.err, ErrProtocol)
 				assert.False(t, o.Found)
 				assert.LessOrEqual(t, cap(r.parse.scratch), 64, "nothing allocated for a refused VALUE")
@@ -512,7 +475,7 @@ func TestParseTextReplyValueOverMaxValue(t *testing.T) {
 			r := &request{op: opGet, key: "foo", maxValue: 1024}
 			// Only the header arrives: a parser that allocated for the
 			// declared length before checking it would show it here.
-			o := feed(r, []byte("VALUE foo 0 "+size+"\r\n"))
+			o := feed(t, r, []byte("VALUE foo 0 "+size+"\r\n"))
 			assert.ErrorIs(t, o.err, ErrProtocol)
 			assert.Contains(t, o.Err, "MaxValueLength")
 			assert.LessOrEqual(t, cap(r.parse.scratch), 64, "refused before allocating")
@@ -521,13 +484,13 @@ func TestParseTextReplyValueOverMaxValue(t *testing.T) {
 	}
 	t.Run("exactly max is accepted", func(t *testing.T) {
 		r := &request{op: opGet, key: "foo", maxValue: 4}
-		o := feed(r, []byte("VALUE foo 0 4\r\nabcd\r\nEND\r\n"))
+		o := feed(t, r, []byte("VALUE foo 0 4\r\nabcd\r\nEND\r\n"))
 		require.NoError(t, o.err)
 		assert.Equal(t, "abcd", o.Dst)
 	})
 	t.Run("multi-get", func(t *testing.T) {
 		r := &request{op: opGetMulti, keys: []string{"a", "b"}, maxValue: 4}
-		o := feed(r, []byte("VALUE a 0 4\r\nabcd\r\nVALUE b 0 5\r\n"))
+		o := feed(t, r, []byte("VALUE a 0 4\r\nabcd\r\nVALUE b 0 5\r\n"))
 		assert.ErrorIs(t, o.err, ErrProtocol)
 		assert.Equal(t, []hit{{0, "abcd"}}, o.Hits)
 		assert.LessOrEqual(t, cap(r.parse.scratch), 64)
@@ -543,13 +506,13 @@ func TestParseTextReplyFraming(t *testing.T) {
 			"VALUE foo 0 3\r\nba\r\nEND\r\n",
 		} {
 			whole := []byte(reply)
-			o := feed(newReq(opGet, "foo")(), whole)
+			o := feed(t, newReq(opGet, "foo")(), whole)
 			assert.ErrorIs(t, o.err, ErrProtocol, "%q", reply)
 			assert.Contains(t, o.Err, "data block not followed by CRLF")
 			assert.False(t, o.Found, "a misframed value is not delivered")
 			// Also when the block spans reads (the scratch-buffer path).
 			for cut := 1; cut < len(whole); cut++ {
-				o := feed(newReq(opGet, "foo")(), splits(whole, cut)...)
+				o := feed(t, newReq(opGet, "foo")(), splits(whole, cut)...)
 				assert.ErrorIs(t, o.err, ErrProtocol, "%q cut at %d", reply, cut)
 				assert.False(t, o.Found, "%q cut at %d", reply, cut)
 			}
@@ -557,19 +520,19 @@ func TestParseTextReplyFraming(t *testing.T) {
 	})
 	t.Run("line not ended by CRLF", func(t *testing.T) {
 		for _, reply := range []string{"STORED\n", "\n", "ST\nORED\r\n", "STORED\n\r\n"} {
-			o := feed(newReq(opSet, "foo")(), []byte(reply))
+			o := feed(t, newReq(opSet, "foo")(), []byte(reply))
 			assert.ErrorIs(t, o.err, ErrProtocol, "%q", reply)
 			assert.Contains(t, o.Err, "CRLF")
 		}
-		o := feed(newReq(opGet, "foo")(), []byte("VALUE foo 0 3\nbar\r\nEND\r\n"))
+		o := feed(t, newReq(opGet, "foo")(), []byte("VALUE foo 0 3\nbar\r\nEND\r\n"))
 		assert.ErrorIs(t, o.err, ErrProtocol)
-		o = feed(newReq(opGet, "foo")(), []byte("VALUE foo 0 3\r\nbar\r\nEND\n"))
+		o = feed(t, newReq(opGet, "foo")(), []byte("VALUE foo 0 3\r\nbar\r\nEND\n"))
 		assert.ErrorIs(t, o.err, ErrProtocol)
 		assert.Equal(t, "bar", o.Dst)
 	})
 	t.Run("incomplete line waits", func(t *testing.T) {
 		for _, reply := range []string{"", "S", "STORED", "STORED\r"} {
-			o := feed(newReq(opSet, "foo")(), []byte(reply))
+			o := feed(t, newReq(opSet, "foo")(), []byte(reply))
 			assert.NoError(t, o.err, "%q", reply)
 			assert.False(t, o.Done, "%q", reply)
 			assert.Zero(t, o.N, "%q: an incomplete line is not consumed", reply)
@@ -577,22 +540,22 @@ func TestParseTextReplyFraming(t *testing.T) {
 	})
 	t.Run("line longer than maxTextLine", func(t *testing.T) {
 		long := []byte(strings.Repeat("A", maxTextLine+1))
-		o := feed(newReq(opSet, "foo")(), long)
+		o := feed(t, newReq(opSet, "foo")(), long)
 		assert.ErrorIs(t, o.err, ErrProtocol)
 		assert.Contains(t, o.Err, "too long")
 		assert.LessOrEqual(t, len(o.Err), 2*maxMessageInError+100, "the error quotes a bounded excerpt")
 
 		// Arriving in pieces.
-		o = feed(newReq(opSet, "foo")(), long[:1000], long[1000:2000], long[2000:])
+		o = feed(t, newReq(opSet, "foo")(), long[:1000], long[1000:2000], long[2000:])
 		assert.ErrorIs(t, o.err, ErrProtocol)
 
 		// After a complete VALUE block, the next line is bounded too.
 		r := newReq(opGet, "foo")()
-		o = feed(r, []byte("VALUE foo 0 1\r\nx\r\n"), long)
+		o = feed(t, r, []byte("VALUE foo 0 1\r\nx\r\n"), long)
 		assert.ErrorIs(t, o.err, ErrProtocol)
 
 		// At the limit the parser still waits for the newline.
-		o = feed(newReq(opSet, "foo")(), long[:maxTextLine])
+		o = feed(t, newReq(opSet, "foo")(), long[:maxTextLine])
 		assert.NoError(t, o.err)
 		assert.False(t, o.Done)
 	})
@@ -604,7 +567,7 @@ func TestParseTextReplyCompressedValue(t *testing.T) {
 	require.True(t, ok)
 	reply := fmt.Appendf(nil, "VALUE foo %d %d\r\n%s\r\nEND\r\n", FlagCompressed, len(packed), packed)
 
-	o := feed(newReq(opGet, "foo")(), reply)
+	o := feed(t, newReq(opGet, "foo")(), reply)
 	require.NoError(t, o.err)
 	require.NoError(t, o.rerr)
 	assert.Equal(t, string(plain), o.Dst)
@@ -615,7 +578,7 @@ func TestParseTextReplyCompressedValue(t *testing.T) {
 	bad := append([]byte(nil), packed...)
 	bad[0]++ // declared length off by one
 	reply = fmt.Appendf(nil, "VALUE foo %d %d\r\n%s\r\nEND\r\n", FlagCompressed, len(bad), bad)
-	o = feed(newReq(opGet, "foo")(), reply)
+	o = feed(t, newReq(opGet, "foo")(), reply)
 	assert.True(t, o.Done)
 	assert.NoError(t, o.err)
 	assert.ErrorIs(t, o.rerr, ErrCorruptValue)
@@ -624,7 +587,7 @@ func TestParseTextReplyCompressedValue(t *testing.T) {
 	// Multi-get: the good value is delivered, the corrupt one reported.
 	reply = fmt.Appendf(nil, "VALUE a %d %d\r\n%s\r\nVALUE b %d %d\r\n%s\r\nEND\r\n",
 		FlagCompressed, len(bad), bad, FlagCompressed, len(packed), packed)
-	o = feed(newMulti("a", "b")(), reply)
+	o = feed(t, newMulti("a", "b")(), reply)
 	assert.True(t, o.Done)
 	assert.NoError(t, o.err)
 	assert.ErrorIs(t, o.rerr, ErrCorruptValue)
@@ -676,8 +639,9 @@ func resumableReplies() []struct {
 func TestParseTextReplyResumable(t *testing.T) {
 	// How far a parser got before it found a stream error does not matter
 	// (the connection is discarded), only the error does.
-	feed := func(r *request, chunks ...[]byte) outcome {
-		o := feed(r, chunks...)
+	feed := func(t *testing.T, r *request, chunks ...[]byte) outcome {
+		t.Helper()
+		o := feed(t, r, chunks...)
 		if o.err != nil && o.err != errDiscardConn {
 			o.N = 0
 		}
@@ -685,22 +649,22 @@ func TestParseTextReplyResumable(t *testing.T) {
 	}
 	for _, tc := range resumableReplies() {
 		t.Run(tc.name, func(t *testing.T) {
-			want := feed(tc.req(), tc.reply)
+			want := feed(t, tc.req(), tc.reply)
 			require.True(t, want.Done || want.err != nil, "the one-shot parse must finish: %+v", want)
 
 			for cut := 0; cut <= len(tc.reply); cut++ {
-				got := feed(tc.req(), splits(tc.reply, cut)...)
+				got := feed(t, tc.req(), splits(tc.reply, cut)...)
 				if !assert.Equal(t, want, got, "split at %d", cut) {
 					return
 				}
 			}
-			got := feed(tc.req(), bytewise(tc.reply)...)
+			got := feed(t, tc.req(), bytewise(tc.reply)...)
 			assert.Equal(t, want, got, "one byte at a time")
 
 			if len(tc.reply) <= 200 {
 				for a := 1; a < len(tc.reply); a++ {
 					for b := a; b < len(tc.reply); b++ {
-						got := feed(tc.req(), splits(tc.reply, a, b)...)
+						got := feed(t, tc.req(), splits(tc.reply, a, b)...)
 						if !assert.Equal(t, want, got, "split at %d and %d", a, b) {
 							return
 						}
@@ -717,7 +681,7 @@ func TestParseTextReplyScratchBounded(t *testing.T) {
 	value := strings.Repeat("v", 5000)
 	reply := []byte("VALUE foo 0 5000\r\n" + value + "\r\nEND\r\n")
 	r := newMulti("foo")()
-	o := feed(r, splits(reply, 100, 2000, 4000)...)
+	o := feed(t, r, splits(reply, 100, 2000, 4000)...)
 	require.NoError(t, o.err)
 	assert.Equal(t, []hit{{0, value}}, o.Hits)
 	assert.GreaterOrEqual(t, cap(r.parse.scratch), 5000)
@@ -731,7 +695,7 @@ func TestParseTextReplyIntoDst(t *testing.T) {
 	reply := []byte("VALUE foo 3 5000\r\n" + value + "\r\nEND\r\n")
 	r := newReq(opGet, "foo")()
 	r.dst = append(make([]byte, 0, 8), "pre"...)
-	o := feed(r, splits(reply, 100, 2000, 4000, len(reply)-7, len(reply)-6)...)
+	o := feed(t, r, splits(reply, 100, 2000, 4000, len(reply)-7, len(reply)-6)...)
 	require.NoError(t, o.err)
 	require.True(t, o.Done)
 	assert.Equal(t, "pre"+value, o.Dst)
@@ -757,12 +721,12 @@ func TestParseTextReplyIntoDst(t *testing.T) {
 
 	// The block's CRLF is still checked when the value went to dst.
 	bad := []byte("VALUE foo 0 5000\r\n" + value + "\n\rEND\r\n")
-	o = feed(newReq(opGet, "foo")(), splits(bad, 100)...)
+	o = feed(t, newReq(opGet, "foo")(), splits(bad, 100)...)
 	assert.ErrorIs(t, o.err, ErrProtocol)
 }
 
 func TestParseTextReplyErrorsAreMatchable(t *testing.T) {
-	o := feed(newReq(opSet, "foo")(), []byte("BOGUS\r\n"))
+	o := feed(t, newReq(opSet, "foo")(), []byte("BOGUS\r\n"))
 	require.Error(t, o.err)
 	assert.True(t, errors.Is(o.err, ErrProtocol))
 	assert.Contains(t, o.Err, "BOGUS", "the error quotes what the server sent")

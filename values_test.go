@@ -254,7 +254,7 @@ func TestPyLZ4Fixtures(t *testing.T) {
 				// And through a Get reply, as a value a Python service stored.
 				reply := append([]byte("VALUE k 8 "+strconv.Itoa(len(packed))+"\r\n"), packed...)
 				reply = append(reply, "\r\nEND\r\n"...)
-				o := feed(&request{op: opGet, key: "k", maxValue: DefaultMaxValueLength}, reply)
+				o := feed(t, &request{op: opGet, key: "k", maxValue: DefaultMaxValueLength}, reply)
 				require.NoError(t, o.err)
 				require.NoError(t, o.rerr)
 				assert.True(t, o.Dst == string(fx.data), "%s through the parser", file)
