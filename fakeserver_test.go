@@ -1,12 +1,11 @@
 package ermc
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/base64"
 	"fmt"
-	"io"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -44,7 +43,7 @@ type fakeRequest struct {
 	Fields []string // Line split on spaces
 	Data   []byte   // a storage command's data block, without CRLF; binary: the value
 	Bin    *binHeader
-	Key    string // binary: the key
+	Key    string // the (first) key
 }
 
 // fakeConn is the server side of one accepted connection.
@@ -52,7 +51,7 @@ type fakeConn struct {
 	N          int // accept order, from 0
 	srv        *fakeServer
 	nc         net.Conn
-	r          *bufio.Reader
+	in         []byte        // read from the client, not yet cut into requests
 	peerClosed chan struct{} // closed when a read sees EOF or an error
 	ended      chan struct{} // closed when the script returned and the fake hung up
 	closeOnce  sync.Once
@@ -87,7 +86,6 @@ func (s *fakeServer) acceptLoop() {
 		}
 		s.mu.Lock()
 		fc := &fakeConn{N: len(s.conns), srv: s, nc: nc, peerClosed: make(chan struct{}), ended: make(chan struct{})}
-		fc.r = bufio.NewReader(fc)
 		s.conns = append(s.conns, fc)
 		s.open++
 		s.maxOpen = max(s.maxOpen, s.open)
@@ -210,39 +208,10 @@ func (fc *fakeConn) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// Next reads one command (and its data block, for storage commands). It
-// returns false when the client hung up or the server is stopping.
-func (fc *fakeConn) Next() (fakeRequest, bool) {
-	line, err := fc.r.ReadString('\n')
-	if err != nil {
-		return fakeRequest{}, false
-	}
-	req := fakeRequest{Conn: fc.N, Line: strings.TrimSuffix(line, "\r\n")}
-	req.Fields = strings.Split(req.Line, " ")
-	switch lenField := 4; req.Fields[0] {
-	case "ms": // meta: ms <key> <datalen> <flags>*
-		lenField = 2
-		fallthrough
-	case "set", "add", "replace", "append", "prepend", "cas":
-		if len(req.Fields) <= lenField {
-			break
-		}
-		n, err := strconv.Atoi(req.Fields[lenField])
-		if err != nil {
-			break
-		}
-		data := make([]byte, n+2)
-		if _, err := io.ReadFull(fc.r, data); err != nil {
-			return fakeRequest{}, false
-		}
-		req.Data = data[:n]
-	}
-	select {
-	case fc.srv.requests <- req:
-	default:
-	}
-	return req, true
-}
+// Next reads one text or meta command (and its data block, for storage
+// commands). It returns false when the client hung up or the server is
+// stopping.
+func (fc *fakeConn) Next() (fakeRequest, bool) { return fc.NextAs(Text) }
 
 // Send writes s in one write. Errors are ignored: the client may be gone.
 func (fc *fakeConn) Send(s string) {
@@ -418,33 +387,96 @@ func (fc *fakeConn) ReadSlowly(n int) {
 
 // NextBinary reads one binary protocol request frame. It returns false
 // when the client hung up or the server is stopping.
-func (fc *fakeConn) NextBinary() (fakeRequest, bool) {
-	hdr := make([]byte, binHeaderLen)
-	if _, err := io.ReadFull(fc.r, hdr); err != nil {
-		return fakeRequest{}, false
+func (fc *fakeConn) NextBinary() (fakeRequest, bool) { return fc.NextAs(Binary) }
+
+// NextAs reads one request in the wire format of proto: it reads until
+// splitRequest finds a whole one in what the client sent.
+func (fc *fakeConn) NextAs(proto Protocol) (fakeRequest, bool) {
+	var err error
+	for {
+		if req, n := splitRequest(proto, fc.in); n > 0 {
+			fc.in = fc.in[n:]
+			req.Conn, req.Data = fc.N, bytes.Clone(req.Data)
+			select {
+			case fc.srv.requests <- req:
+			default:
+			}
+			return req, true
+		}
+		if err != nil {
+			return fakeRequest{}, false
+		}
+		err = fc.fill()
 	}
-	h := decodeBinHeader(hdr)
-	body := make([]byte, h.bodyLen)
-	if _, err := io.ReadFull(fc.r, body); err != nil {
-		return fakeRequest{}, false
-	}
-	keyEnd := min(int(h.extLen)+int(h.keyLen), len(body))
-	key := string(body[min(int(h.extLen), keyEnd):keyEnd])
-	req := fakeRequest{Conn: fc.N, Line: fmt.Sprintf("bin %d %s", h.opcode, key), Bin: &h, Key: key, Data: body[keyEnd:]}
-	req.Fields = strings.Split(req.Line, " ")
-	select {
-	case fc.srv.requests <- req:
-	default:
-	}
-	return req, true
 }
 
-// NextAs reads one request in the wire format of proto.
-func (fc *fakeConn) NextAs(proto Protocol) (fakeRequest, bool) {
-	if proto == Binary {
-		return fc.NextBinary()
+// fill reads what the client sent next into fc.in, for NextAs.
+func (fc *fakeConn) fill() error {
+	fc.in = slices.Grow(fc.in, 64<<10)
+	n, err := fc.Read(fc.in[len(fc.in):cap(fc.in)])
+	fc.in = fc.in[:len(fc.in)+n]
+	return err
+}
+
+// Started blocks until the client has sent something (kept for NextAs),
+// without reading more.
+func (fc *fakeConn) Started() {
+	for len(fc.in) == 0 && fc.fill() == nil {
 	}
-	return fc.Next()
+}
+
+// splitRequest cuts the first whole request from b, in the wire format of
+// proto; n is 0 when b holds none yet. Req.Data aliases b.
+func splitRequest(proto Protocol, b []byte) (req fakeRequest, n int) {
+	if proto == Binary {
+		if len(b) < binHeaderLen {
+			return req, 0
+		}
+		h := decodeBinHeader(b)
+		n = binHeaderLen + int(h.bodyLen)
+		if len(b) < n {
+			return req, 0
+		}
+		body := b[binHeaderLen:n]
+		keyEnd := min(int(h.extLen)+int(h.keyLen), len(body))
+		req = fakeRequest{Bin: &h, Key: string(body[min(int(h.extLen), keyEnd):keyEnd]), Data: body[keyEnd:]}
+		req.Line = fmt.Sprintf("bin %d %s", h.opcode, req.Key)
+		req.Fields = strings.Split(req.Line, " ")
+		return req, n
+	}
+	i := bytes.IndexByte(b, '\n')
+	if i < 0 {
+		return req, 0
+	}
+	n = i + 1
+	req.Line = strings.TrimSuffix(string(b[:n]), "\r\n")
+	req.Fields = strings.Split(req.Line, " ")
+	if len(req.Fields) > 1 {
+		req.Key = req.Fields[1]
+	}
+	switch lenField := 4; req.Fields[0] {
+	case "gat": // gat <exptime> <key>*
+		if len(req.Fields) > 2 {
+			req.Key = req.Fields[2]
+		}
+	case "ms": // meta: ms <key> <datalen> <flags>*
+		lenField = 2
+		fallthrough
+	case "set", "add", "replace", "append", "prepend", "cas":
+		if len(req.Fields) <= lenField {
+			break
+		}
+		size, err := strconv.Atoi(req.Fields[lenField])
+		if err != nil {
+			break
+		}
+		if len(b) < n+size+2 {
+			return fakeRequest{}, 0
+		}
+		req.Data = b[n : n+size]
+		n += size + 2
+	}
+	return req, n
 }
 
 // ServeAs is Serve in the wire format of proto.

@@ -325,7 +325,7 @@ func TestFaultStalledWrite(t *testing.T) {
 			srv := startFakeServer(t, func(fc *fakeConn) {
 				if fc.N == 0 {
 					fc.ReadSlowly(1 << 10)
-					fc.r.Peek(1) // the request has started, and nothing more is read
+					fc.Started() // the request has started, and nothing more is read
 					if fc.Wait(release) {
 						_, _ = io.Copy(io.Discard, fc) // until the client hangs up
 					}

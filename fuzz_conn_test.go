@@ -1,14 +1,11 @@
 package ermc
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
 	"net"
 	"os"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -131,45 +128,6 @@ func (c *fuzzConn) Write(p []byte) (int, error) {
 	}
 	c.changed()
 	return len(p), nil
-}
-
-// splitRequest cuts the first whole request from b; n is 0 when b holds
-// none yet.
-func splitRequest(proto Protocol, b []byte) (req fakeRequest, n int) {
-	if proto == Binary {
-		if len(b) < binHeaderLen {
-			return req, 0
-		}
-		h := decodeBinHeader(b)
-		size := binHeaderLen + int(h.bodyLen)
-		if len(b) < size {
-			return req, 0
-		}
-		keyStart := binHeaderLen + int(h.extLen)
-		req = fakeRequest{Bin: &h, Key: string(b[keyStart : keyStart+int(h.keyLen)]), Data: b[keyStart+int(h.keyLen) : size]}
-		return req, size
-	}
-	line, _, ok := bytes.Cut(b, []byte("\r\n"))
-	if !ok {
-		return req, 0
-	}
-	n = len(line) + 2
-	req = fakeRequest{Line: string(line), Fields: strings.Split(string(line), " ")}
-	if len(req.Fields) > 1 {
-		req.Key = req.Fields[1]
-	}
-	switch req.Fields[0] {
-	case "set", "add", "replace", "append", "prepend", "cas":
-		size, _ := strconv.Atoi(req.Fields[4])
-		if len(b) < n+size+2 {
-			return req, 0
-		}
-		req.Data = b[n : n+size]
-		n += size + 2
-	case "gat":
-		req.Key = req.Fields[2]
-	}
-	return req, n
 }
 
 func (c *fuzzConn) Read(p []byte) (int, error) {

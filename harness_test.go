@@ -34,8 +34,10 @@ import (
 // Allocation counts: *alloc_test.go, built only without -race.
 // Servers: this file starts memcached and nutcracker (startMemcached,
 // startTwemproxy in twemproxy_test.go); fakeserver_test.go is the scripted
-// fake for what a real server cannot be made to do. hangGuard (there)
-// bounds every wait: a hang fails, nothing is asserted on time.
+// fake for what a real server cannot be made to do; its splitRequest cuts
+// one request out of the bytes a client sent, for the fake and for the fuzz
+// in-memory conn. hangGuard (there) bounds every wait: a hang fails,
+// nothing is asserted on time.
 
 // The test harness starts real servers (memcached, nutcracker) on free
 // loopback ports and stops them when the test ends. Under CI=true a missing

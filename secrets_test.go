@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"strings"
 	"testing"
 	"time"
@@ -68,20 +67,6 @@ func echoText(reply string) func(t *testing.T) string {
 	}
 }
 
-// readBinFrame reads one binary request frame: header and body.
-func readBinFrame(fc *fakeConn) (binHeader, []byte, bool) {
-	hdr := make([]byte, binHeaderLen)
-	if _, err := io.ReadFull(fc.r, hdr); err != nil {
-		return binHeader{}, nil, false
-	}
-	h := decodeBinHeader(hdr)
-	body := make([]byte, h.bodyLen)
-	if _, err := io.ReadFull(fc.r, body); err != nil {
-		return binHeader{}, nil, false
-	}
-	return h, body, true
-}
-
 // echoBinary is a fake binary server that answers every request with
 // status, echoing the request's body (for SASL_AUTH: the mechanism and
 // "\x00user\x00password") as the value.
@@ -89,11 +74,12 @@ func echoBinary(status uint16) func(t *testing.T) string {
 	return func(t *testing.T) string {
 		return startFakeServer(t, func(fc *fakeConn) {
 			for {
-				h, body, ok := readBinFrame(fc)
+				req, ok := fc.NextBinary()
 				if !ok {
 					return
 				}
-				fc.Send(string(binResp(h.opcode, status, h.opaque, 0, "", "", string(body))))
+				body := req.Key + string(req.Data) // SASL frames have no extras
+				fc.Send(string(binResp(req.Bin.opcode, status, req.Bin.opaque, 0, "", "", body)))
 			}
 		}).Addr
 	}
@@ -317,11 +303,11 @@ func TestErrorsBoundedHostileServer(t *testing.T) {
 		t.Run("binary/"+name, func(t *testing.T) {
 			srv := startFakeServer(t, func(fc *fakeConn) {
 				for {
-					h, _, ok := readBinFrame(fc)
+					req, ok := fc.NextBinary()
 					if !ok {
 						return
 					}
-					fc.Send(string(reply(h)))
+					fc.Send(string(reply(*req.Bin)))
 				}
 			})
 			c := newTestClient(t, srv.Addr, Binary, Options{Timeout: time.Second})
