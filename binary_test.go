@@ -16,6 +16,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/require"
 )
 
 // The binary driver against a real memcached: every status mapping, the
@@ -60,47 +62,31 @@ func TestBinaryReadWrite(t *testing.T) {
 	if err != nil || string(v) != "hello" || cas == 0 {
 		t.Fatalf("gets = %q, %d, %v", v, cas, err)
 	}
-	if err := c.CompareAndSwap(bg, "k", []byte("swapped"), cas, 0); err != nil {
-		t.Fatalf("cas with the current id: %v", err)
-	}
+	require.NoError(t, c.CompareAndSwap(bg, "k", []byte("swapped"), cas, 0), "cas with the current id")
 	requireValue(t, c, "k", "swapped")
 	_, cas2, _ := c.Gets(bg, "k", nil)
 	if cas2 == cas {
 		t.Errorf("CAS id %d unchanged by a write", cas)
 	}
 
-	if err := c.Add(bg, "new", []byte("added"), 0); err != nil {
-		t.Fatalf("add: %v", err)
-	}
-	if err := c.Replace(bg, "new", []byte("replaced"), 0); err != nil {
-		t.Fatalf("replace: %v", err)
-	}
-	if err := c.Append(bg, "new", []byte(">")); err != nil {
-		t.Fatalf("append: %v", err)
-	}
-	if err := c.Prepend(bg, "new", []byte("<")); err != nil {
-		t.Fatalf("prepend: %v", err)
-	}
+	require.NoError(t, c.Add(bg, "new", []byte("added"), 0), "add")
+	require.NoError(t, c.Replace(bg, "new", []byte("replaced"), 0), "replace")
+	require.NoError(t, c.Append(bg, "new", []byte(">")), "append")
+	require.NoError(t, c.Prepend(bg, "new", []byte("<")), "prepend")
 	requireValue(t, c, "new", "<replaced>")
 
 	mustSet(t, c, "empty", "")
 	requireValue(t, c, "empty", "")
 
-	if err := c.Delete(bg, "new"); err != nil {
-		t.Fatalf("delete: %v", err)
-	}
+	require.NoError(t, c.Delete(bg, "new"), "delete")
 	requireMiss(t, c, "new")
 
 	// Flags travel in the extras: typed values come back typed.
-	if err := c.SetInt(bg, "int", -42, 0); err != nil {
-		t.Fatalf("setint: %v", err)
-	}
+	require.NoError(t, c.SetInt(bg, "int", -42, 0), "setint")
 	if n, err := c.GetInt(bg, "int"); err != nil || n != -42 {
 		t.Fatalf("getint = %d, %v", n, err)
 	}
-	if err := c.SetObject(bg, "obj", map[string]int{"a": 1}, 0); err != nil {
-		t.Fatalf("setobject: %v", err)
-	}
+	require.NoError(t, c.SetObject(bg, "obj", map[string]int{"a": 1}, 0), "setobject")
 	var obj map[string]int
 	if err := c.GetObject(bg, "obj", &obj); err != nil || obj["a"] != 1 {
 		t.Fatalf("getobject = %v, %v", obj, err)
@@ -134,9 +120,7 @@ func TestBinaryErrorMapping(t *testing.T) {
 	mustSet(t, c, "present", "v")
 	mustSet(t, c, "text", "not a number")
 	_, staleCAS, err := c.Gets(bg, "present", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	mustSet(t, c, "present", "v2") // staleCAS is now stale
 
 	for _, s := range []struct {
@@ -200,9 +184,7 @@ func TestBinaryCASZeroIDMatchesText(t *testing.T) {
 
 func TestBinaryIncrDecr(t *testing.T) {
 	c, _ := newBinaryClient(t, Options{})
-	if err := c.SetInt(bg, "n", 10, 0); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, c.SetInt(bg, "n", 10, 0))
 	for _, s := range []struct {
 		incr  bool
 		delta uint64
@@ -234,25 +216,17 @@ func TestBinaryExpiry(t *testing.T) {
 	c, _ := newBinaryClient(t, Options{})
 
 	// A negative TTL stores an item that is already expired.
-	if err := c.Set(bg, "gone", []byte("v"), -time.Second); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, c.Set(bg, "gone", []byte("v"), -time.Second))
 	requireMiss(t, c, "gone")
 
 	mustSet(t, c, "t", "v")
-	if err := c.Touch(bg, "t", time.Hour); err != nil {
-		t.Fatalf("touch: %v", err)
-	}
+	require.NoError(t, c.Touch(bg, "t", time.Hour), "touch")
 	requireValue(t, c, "t", "v")
-	if err := c.Touch(bg, "t", -time.Second); err != nil {
-		t.Fatalf("touch to expire: %v", err)
-	}
+	require.NoError(t, c.Touch(bg, "t", -time.Second), "touch to expire")
 	requireMiss(t, c, "t")
 
 	// A TTL over 30 days is sent as an absolute time and keeps the item.
-	if err := c.Set(bg, "long", []byte("v"), 40*24*time.Hour); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, c.Set(bg, "long", []byte("v"), 40*24*time.Hour))
 	requireValue(t, c, "long", "v")
 
 	mustSet(t, c, "g", "gat value")
@@ -273,12 +247,8 @@ func TestBinaryCacheCAS(t *testing.T) {
 	if _, _, err := c.Gets(bg, "k", nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.CAS(bg, "k", []byte("v1"), 0); err != nil {
-		t.Fatalf("first CAS: %v", err)
-	}
-	if err := c.CAS(bg, "k", []byte("v2"), 0); !errors.Is(err, ErrCASConflict) {
-		t.Fatalf("second CAS with the same id: %v, want ErrCASConflict", err)
-	}
+	require.NoError(t, c.CAS(bg, "k", []byte("v1"), 0), "first CAS")
+	require.ErrorIs(t, c.CAS(bg, "k", []byte("v2"), 0), ErrCASConflict, "second CAS with the same id")
 	requireValue(t, c, "k", "v1")
 }
 
@@ -301,9 +271,7 @@ func TestBinaryMultiGet(t *testing.T) {
 		}
 		got[i] = string(v)
 	})
-	if err != nil {
-		t.Fatalf("getmulti: %v", err)
-	}
+	require.NoError(t, err, "getmulti")
 	for i, k := range keys {
 		n, _ := strconv.Atoi(strings.TrimPrefix(k, "key-"))
 		v, hit := got[i]
@@ -322,9 +290,7 @@ func TestBinaryMultiGet(t *testing.T) {
 	err = c.GetMulti(bg, []string{"none-1", "none-2"}, func(i int, v []byte) {
 		t.Errorf("miss delivered: %d %q", i, v)
 	})
-	if err != nil {
-		t.Fatalf("getmulti of misses: %v", err)
-	}
+	require.NoError(t, err, "getmulti of misses")
 
 	// Values larger than the read buffer, so that frames span reads.
 	big := make([]string, 20)
@@ -347,9 +313,7 @@ func TestBinaryMultiGet(t *testing.T) {
 func TestBinaryLargeValue(t *testing.T) {
 	c, _ := newBinaryClient(t, Options{})
 	value := bytes.Repeat([]byte("0123456789"), 90_000) // 900 KB, under memcached's 1 MB items
-	if err := c.Set(bg, "big", value, 0); err != nil {
-		t.Fatalf("set: %v", err)
-	}
+	require.NoError(t, c.Set(bg, "big", value, 0), "set")
 	got, err := c.Get(bg, "big", nil)
 	if err != nil || !bytes.Equal(got, value) {
 		t.Fatalf("get: %d bytes, %v; want %d", len(got), err, len(value))
@@ -423,9 +387,7 @@ func TestBinaryStatsVersionFlush(t *testing.T) {
 		t.Fatalf("version = %q, %v", v, err)
 	}
 	st, err := c.Stats(bg)
-	if err != nil {
-		t.Fatalf("stats: %v", err)
-	}
+	require.NoError(t, err, "stats")
 	if st["version"] != v {
 		t.Errorf("stats version %q, version %q", st["version"], v)
 	}
@@ -439,9 +401,7 @@ func TestBinaryStatsVersionFlush(t *testing.T) {
 	for _, k := range []string{"a", "b", "c"} {
 		mustSet(t, c, k, "v")
 	}
-	if err := c.FlushAll(bg); err != nil {
-		t.Fatalf("flush_all: %v", err)
-	}
+	require.NoError(t, c.FlushAll(bg), "flush_all")
 	for _, k := range []string{"a", "b", "c"} {
 		requireMiss(t, c, k)
 	}
@@ -468,9 +428,7 @@ func startMemcachedSASL(t *testing.T, user, pass string) *testServer {
 		t.Fatalf("saslpasswd2: %v: %s", err, out)
 	}
 	conf := fmt.Sprintf("mech_list: plain\nsasldb_path: %s\n", db)
-	if err := os.WriteFile(filepath.Join(dir, "memcached.conf"), []byte(conf), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "memcached.conf"), []byte(conf), 0o600))
 	env := []string{"SASL_CONF_PATH=" + dir}
 	var lastErr error
 	for attempt := 0; attempt < 5; attempt++ {
@@ -494,9 +452,7 @@ func TestBinarySASL(t *testing.T) {
 
 	t.Run("right password", func(t *testing.T) {
 		c := newTestClient(t, s.Addr, Binary, Options{Username: "alice", Password: "s3cret pass"})
-		if err := c.Connect(bg); err != nil {
-			t.Fatalf("connect: %v", err)
-		}
+		require.NoError(t, c.Connect(bg), "connect")
 		mustSet(t, c, "k", "authenticated")
 		requireValue(t, c, "k", "authenticated")
 		m, err := c.GetMultiMap(bg, []string{"k", "other"})
@@ -508,9 +464,7 @@ func TestBinarySASL(t *testing.T) {
 	t.Run("wrong password", func(t *testing.T) {
 		// ErrorAsMiss must not hide a refusal: it is no connectivity fault.
 		c := newTestClient(t, s.Addr, Binary, Options{Username: "alice", Password: "wrong", ErrorAsMiss: true})
-		if err := c.Connect(bg); !errors.Is(err, ErrAuth) {
-			t.Fatalf("connect: %v, want ErrAuth", err)
-		}
+		require.ErrorIs(t, c.Connect(bg), ErrAuth, "connect")
 		_, err := c.Get(bg, "k", nil)
 		if !errors.Is(err, ErrAuth) || errors.Is(err, ErrCacheMiss) {
 			t.Fatalf("get: %v, want ErrAuth and no miss", err)
@@ -520,9 +474,7 @@ func TestBinarySASL(t *testing.T) {
 
 	t.Run("unknown user", func(t *testing.T) {
 		c := newTestClient(t, s.Addr, Binary, Options{Username: "mallory", Password: "s3cret pass"})
-		if err := c.Connect(bg); !errors.Is(err, ErrAuth) {
-			t.Fatalf("connect: %v, want ErrAuth", err)
-		}
+		require.ErrorIs(t, c.Connect(bg), ErrAuth, "connect")
 	})
 
 	t.Run("no credentials", func(t *testing.T) {
@@ -588,9 +540,7 @@ func TestBinaryAuthInterruptedConnIsDiscarded(t *testing.T) {
 		return &cancelOnRead{Conn: nc, cancel: cancel}, nil
 	}
 	c := newTestClient(t, s.Addr, Binary, opts)
-	if err := c.Connect(ctx); !errors.Is(err, context.Canceled) {
-		t.Fatalf("connect with a context cancelled during auth: %v, want context.Canceled", err)
-	}
+	require.ErrorIs(t, c.Connect(ctx), context.Canceled, "connect with a context cancelled during auth")
 	mustSet(t, c, "k", "v")
 	if n := dials.Load(); n != 2 {
 		t.Errorf("%d dials, want 2: the interrupted connection must be replaced", n)

@@ -8,6 +8,9 @@ import (
 	"math"
 	"strings"
 	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 // Byte-level tests of the binary codec: no server, no sockets.
@@ -108,9 +111,7 @@ func TestBinarySpecExamples(t *testing.T) {
 	if h != want {
 		t.Errorf("decoded %+v, want %+v", h, want)
 	}
-	if err := checkBinResponse(h, resp, 5); err != nil {
-		t.Errorf("valid response refused: %v", err)
-	}
+	assert.NoError(t, checkBinResponse(h, resp, 5), "valid response refused")
 }
 
 func TestBinaryExptime(t *testing.T) {
@@ -323,9 +324,7 @@ func TestBinaryReplySuccess(t *testing.T) {
 				if c.setup != nil {
 					c.setup(r)
 				}
-				if err := feedWhole(t, parseBinaryReply, r, c.reply, chunk); err != nil {
-					t.Fatalf("parse: %v", err)
-				}
+				require.NoError(t, feedWhole(t, parseBinaryReply, r, c.reply, chunk), "parse")
 				if r.err != nil {
 					t.Fatalf("outcome %v, want success", r.err)
 				}
@@ -470,9 +469,7 @@ func TestBinaryMultiGetErrors(t *testing.T) {
 			binResp(binGetKQ, 0x01, 0, 0, "", "", "Not found"), // a miss, even if not quiet, is no error
 			binResp(binNoop, 0, 2, 0, "", "", ""),
 		)
-		if err := feedWhole(t, parseBinaryReply, r, reply, 5); err != nil {
-			t.Fatalf("parse: %v", err)
-		}
+		require.NoError(t, feedWhole(t, parseBinaryReply, r, reply, 5), "parse")
 		var se *StatusError
 		if !errors.As(r.err, &se) || se.Status != 0x82 {
 			t.Errorf("outcome %v, want status 0x82", r.err)
@@ -494,9 +491,7 @@ func TestBinaryMultiGetErrors(t *testing.T) {
 	})
 	t.Run("error on noop", func(t *testing.T) {
 		r := multi()
-		if err := feedWhole(t, parseBinaryReply, r, binResp(binNoop, 0x84, 2, 0, "", "", "boom"), 100); err != nil {
-			t.Fatalf("parse: %v", err)
-		}
+		require.NoError(t, feedWhole(t, parseBinaryReply, r, binResp(binNoop, 0x84, 2, 0, "", "", "boom"), 100), "parse")
 		var se *StatusError
 		if !errors.As(r.err, &se) || se.Status != 0x84 {
 			t.Errorf("outcome %v, want status 0x84", r.err)
@@ -581,9 +576,7 @@ func TestBinaryHugeBodyRefusedBeforeBuffering(t *testing.T) {
 	}
 	r = newBinReq(opGet)
 	r.maxValue = 9
-	if err := feedWhole(t, parseBinaryReply, r, binResp(binGet, 0, binOpaque, 1, be32(0), "", "0123456789"), 4); !errors.Is(err, ErrProtocol) {
-		t.Errorf("value over the limit: err %v, want ErrProtocol", err)
-	}
+	assert.ErrorIs(t, feedWhole(t, parseBinaryReply, r, binResp(binGet, 0, binOpaque, 1, be32(0), "", "0123456789"), 4), ErrProtocol, "value over the limit: err")
 	// Replies without a user value get a floor, so that the auth reply
 	// (whose request carries no MaxValueLength) still fits.
 	r = &request{op: opAuth}

@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/require"
 )
 
 // stressTimeout is long: a stall detected in the stress test must be a lost
@@ -39,9 +41,7 @@ func TestUltraStressOwnership(t *testing.T) {
 			const keys = 50
 			for i := 0; i < keys; i++ {
 				k := fmt.Sprintf("own-%d", i)
-				if err := c.Set(bg, k, valueFor(k, 10+i*300), 0); err != nil {
-					t.Fatal(err)
-				}
+				require.NoError(t, c.Set(bg, k, valueFor(k, 10+i*300), 0))
 			}
 			var completed, abandoned atomic.Int64
 			var wg sync.WaitGroup
@@ -132,13 +132,9 @@ func TestUltraNoreplyErrorFenced(t *testing.T) {
 		t.Run(proto.String(), func(t *testing.T) {
 			s := startMemcached(t, "-I", "1k", "-o", "slab_chunk_max=512")
 			c := newTestClient(t, s.Addr, proto, Options{})
-			if err := c.Set(bg, "fenced", []byte("mine"), 0); err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, c.Set(bg, "fenced", []byte("mine"), 0))
 			for i := 0; i < 20; i++ {
-				if err := c.SetNoreply(bg, "too-big", bytes.Repeat([]byte("x"), 4000), 0); err != nil {
-					t.Fatal(err)
-				}
+				require.NoError(t, c.SetNoreply(bg, "too-big", bytes.Repeat([]byte("x"), 4000), 0))
 				v, err := c.Get(bg, "fenced", nil)
 				if err != nil || string(v) != "mine" {
 					t.Fatalf("after a refused noreply set, get = %q, %v", v, err)
@@ -158,23 +154,17 @@ func TestUltraNoreplyStores(t *testing.T) {
 		t.Run(proto.String(), func(t *testing.T) {
 			s := startMemcached(t)
 			c, err := New(s.Addr, Options{Protocol: proto})
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			defer c.Close()
 			c.drv.(*pipeDriver).lanes = c.drv.(*pipeDriver).lanes[:1] // one lane: ordering is defined
 			for i := 0; i < 100; i++ {
-				if err := c.SetNoreply(bg, "nr", []byte(fmt.Sprint(i)), 0); err != nil {
-					t.Fatal(err)
-				}
+				require.NoError(t, c.SetNoreply(bg, "nr", []byte(fmt.Sprint(i)), 0))
 			}
 			v, err := c.Get(bg, "nr", nil)
 			if err != nil || string(v) != "99" {
 				t.Fatalf("get after 100 noreply sets = %q, %v", v, err)
 			}
-			if err := c.DeleteNoreply(bg, "nr"); err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, c.DeleteNoreply(bg, "nr"))
 			if _, err := c.Get(bg, "nr", nil); !errors.Is(err, ErrCacheMiss) {
 				t.Fatalf("after DeleteNoreply: %v", err)
 			}
@@ -253,9 +243,7 @@ func TestUltraCloseInFlight(t *testing.T) {
 		t.Run(proto.String(), func(t *testing.T) {
 			srv := startSilentServer(t)
 			c, err := New(srv.Addr, Options{Protocol: proto, Timeout: 300 * time.Millisecond})
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			errs := make(chan error, 16)
 			for g := 0; g < 16; g++ {
 				go func() {
@@ -294,12 +282,8 @@ func TestUltraCloseInFlight(t *testing.T) {
 func TestUltraNoreplyOnTextIsPlain(t *testing.T) {
 	s := startMemcached(t)
 	c := newTestClient(t, s.Addr, Text, Options{})
-	if err := c.SetNoreply(bg, "p", []byte("v"), 0); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.DeleteNoreply(bg, "absent"); !errors.Is(err, ErrCacheMiss) {
-		t.Fatalf("DeleteNoreply on text reports the outcome: %v", err)
-	}
+	require.NoError(t, c.SetNoreply(bg, "p", []byte("v"), 0))
+	require.ErrorIs(t, c.DeleteNoreply(bg, "absent"), ErrCacheMiss, "DeleteNoreply on text reports the outcome")
 	if !strings.Contains(fmt.Sprint(c.TouchNoreply(bg, "absent", time.Second)), "miss") {
 		t.Fatal("TouchNoreply on text reports the miss")
 	}
@@ -314,9 +298,7 @@ func TestUltraCloseStopsReaders(t *testing.T) {
 	before := runtime.NumGoroutine()
 	for i := 0; i < 10; i++ {
 		c, err := New(srv.Addr, Options{Protocol: Ultra, Timeout: 200 * time.Millisecond})
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		c.drv.(*pipeDriver).lanes = c.drv.(*pipeDriver).lanes[:1]
 		done := make(chan error, 1)
 		go func() { _, err := c.Get(bg, "k", nil); done <- err }()
