@@ -3,7 +3,6 @@ package ermc
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"math"
 	"net"
@@ -17,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -44,9 +44,8 @@ func newBinaryClient(t *testing.T, opts Options, extra ...string) (*Client, *ato
 func wantStatus(t *testing.T, err error, status uint16) *StatusError {
 	t.Helper()
 	var se *StatusError
-	if !errors.As(err, &se) || se.Status != status {
-		t.Fatalf("err %v, want a *StatusError with status %#x", err, status)
-	}
+	require.ErrorAs(t, err, &se, "want a *StatusError with status %#x", status)
+	require.Equal(t, status, se.Status, "status of %v", err)
 	return se
 }
 
@@ -55,19 +54,16 @@ func TestBinaryReadWrite(t *testing.T) {
 
 	mustSet(t, c, "k", "hello")
 	got, err := c.Get(bg, "k", []byte("prefix:"))
-	if err != nil || string(got) != "prefix:hello" {
-		t.Fatalf("get = %q, %v", got, err)
-	}
+	require.NoError(t, err, "get")
+	require.Equal(t, "prefix:hello", string(got), "get")
 	v, cas, err := c.Gets(bg, "k", nil)
-	if err != nil || string(v) != "hello" || cas == 0 {
-		t.Fatalf("gets = %q, %d, %v", v, cas, err)
-	}
+	require.NoError(t, err, "gets")
+	require.Equal(t, "hello", string(v), "gets")
+	require.NotZero(t, cas, "gets: CAS id")
 	require.NoError(t, c.CompareAndSwap(bg, "k", []byte("swapped"), cas, 0), "cas with the current id")
 	requireValue(t, c, "k", "swapped")
 	_, cas2, _ := c.Gets(bg, "k", nil)
-	if cas2 == cas {
-		t.Errorf("CAS id %d unchanged by a write", cas)
-	}
+	assert.NotEqual(t, cas, cas2, "CAS id unchanged by a write")
 
 	require.NoError(t, c.Add(bg, "new", []byte("added"), 0), "add")
 	require.NoError(t, c.Replace(bg, "new", []byte("replaced"), 0), "replace")
@@ -83,18 +79,16 @@ func TestBinaryReadWrite(t *testing.T) {
 
 	// Flags travel in the extras: typed values come back typed.
 	require.NoError(t, c.SetInt(bg, "int", -42, 0), "setint")
-	if n, err := c.GetInt(bg, "int"); err != nil || n != -42 {
-		t.Fatalf("getint = %d, %v", n, err)
-	}
+	n, err := c.GetInt(bg, "int")
+	require.NoError(t, err, "getint")
+	require.Equal(t, int64(-42), n, "getint")
 	require.NoError(t, c.SetObject(bg, "obj", map[string]int{"a": 1}, 0), "setobject")
 	var obj map[string]int
-	if err := c.GetObject(bg, "obj", &obj); err != nil || obj["a"] != 1 {
-		t.Fatalf("getobject = %v, %v", obj, err)
-	}
+	require.NoError(t, c.GetObject(bg, "obj", &obj), "getobject")
+	require.Equal(t, 1, obj["a"], "getobject: %v", obj)
 	_, flags, _, err := c.get(bg, opGet, "int", 0, nil)
-	if err != nil || flags != FlagInteger {
-		t.Fatalf("flags of an int = %d, %v", flags, err)
-	}
+	require.NoError(t, err)
+	require.Equal(t, FlagInteger, flags, "flags of an int")
 }
 
 func TestBinaryCompression(t *testing.T) {
@@ -103,13 +97,12 @@ func TestBinaryCompression(t *testing.T) {
 	mustSet(t, c, "z", value)
 	requireValue(t, c, "z", value)
 	_, flags, _, err := c.get(bg, opGet, "z", 0, nil)
-	if err != nil || flags&FlagCompressed == 0 {
-		t.Fatalf("flags %d, %v: value was not stored compressed", flags, err)
-	}
+	require.NoError(t, err)
+	require.NotZero(t, flags&FlagCompressed, "flags %d: value was not stored compressed", flags)
 	m, err := c.GetMultiMap(bg, []string{"z", "nothing"})
-	if err != nil || len(m) != 1 || string(m["z"]) != value {
-		t.Fatalf("multi-get of a compressed value: %d entries, %v", len(m), err)
-	}
+	require.NoError(t, err, "multi-get of a compressed value")
+	require.Len(t, m, 1, "multi-get of a compressed value")
+	require.Equal(t, value, string(m["z"]), "multi-get of a compressed value")
 }
 
 // Every outcome the text driver reports has the same error on the binary
@@ -145,9 +138,7 @@ func TestBinaryErrorMapping(t *testing.T) {
 		{"decr non-numeric", func() error { _, err := c.Decr(bg, "text", 1); return err }, ErrNonNumeric},
 	} {
 		err := s.do()
-		if !errors.Is(err, s.want) {
-			t.Errorf("%s: err %v, want %v", s.name, err, s.want)
-		}
+		assert.ErrorIs(t, err, s.want, s.name)
 		if s.want == ErrNonNumeric {
 			wantStatus(t, err, binStatusNonNumeric)
 		}
@@ -158,9 +149,7 @@ func TestBinaryErrorMapping(t *testing.T) {
 	requireValue(t, c, "present", "v2")
 	requireValue(t, c, "text", "not a number")
 
-	if n := dials.Load(); n != 1 {
-		t.Errorf("%d connections dialed, want 1: an error reply cost the connection", n)
-	}
+	assert.EqualValues(t, 1, dials.Load(), "connections dialed: an error reply cost the connection")
 }
 
 // CompareAndSwap with id 0 never stores: the text protocol compares 0 like
@@ -170,14 +159,10 @@ func TestBinaryCASZeroIDMatchesText(t *testing.T) {
 	for _, proto := range []Protocol{Text, Binary} {
 		c := newTestClient(t, s.Addr, proto, Options{})
 		key := "zero-" + proto.String()
-		if err := c.CompareAndSwap(bg, key, []byte("x"), 0, 0); !errors.Is(err, ErrCacheMiss) {
-			t.Errorf("%v: cas 0 on a missing key: %v, want ErrCacheMiss", proto, err)
-		}
+		assert.ErrorIs(t, c.CompareAndSwap(bg, key, []byte("x"), 0, 0), ErrCacheMiss, "%v: cas 0 on a missing key", proto)
 		requireMiss(t, c, key)
 		mustSet(t, c, key, "v")
-		if err := c.CompareAndSwap(bg, key, []byte("x"), 0, 0); !errors.Is(err, ErrCASConflict) {
-			t.Errorf("%v: cas 0 on a present key: %v, want ErrCASConflict", proto, err)
-		}
+		assert.ErrorIs(t, c.CompareAndSwap(bg, key, []byte("x"), 0, 0), ErrCASConflict, "%v: cas 0 on a present key", proto)
 		requireValue(t, c, key, "v")
 	}
 }
@@ -203,13 +188,12 @@ func TestBinaryIncrDecr(t *testing.T) {
 		} else {
 			got, err = c.Decr(bg, "n", s.delta)
 		}
-		if err != nil || got != s.want {
-			t.Fatalf("incr=%v %d: got %d, %v; want %d", s.incr, s.delta, got, err, s.want)
-		}
+		require.NoError(t, err, "incr=%v %d", s.incr, s.delta)
+		require.Equal(t, s.want, got, "incr=%v %d", s.incr, s.delta)
 	}
-	if n, err := c.GetInt(bg, "n"); err != nil || n != 1 {
-		t.Fatalf("stored counter = %d, %v; want 1", n, err)
-	}
+	n, err := c.GetInt(bg, "n")
+	require.NoError(t, err, "stored counter")
+	require.Equal(t, int64(1), n, "stored counter")
 }
 
 func TestBinaryExpiry(t *testing.T) {
@@ -231,22 +215,20 @@ func TestBinaryExpiry(t *testing.T) {
 
 	mustSet(t, c, "g", "gat value")
 	v, err := c.GetAndTouch(bg, "g", time.Hour, []byte("dst:"))
-	if err != nil || string(v) != "dst:gat value" {
-		t.Fatalf("gat = %q, %v", v, err)
-	}
+	require.NoError(t, err, "gat")
+	require.Equal(t, "dst:gat value", string(v), "gat")
 	// gat returns the item and then applies the new, expired, TTL.
-	if v, err := c.GetAndTouch(bg, "g", -time.Second, nil); err != nil || string(v) != "gat value" {
-		t.Fatalf("gat to expire = %q, %v", v, err)
-	}
+	v, err = c.GetAndTouch(bg, "g", -time.Second, nil)
+	require.NoError(t, err, "gat to expire")
+	require.Equal(t, "gat value", string(v), "gat to expire")
 	requireMiss(t, c, "g")
 }
 
 func TestBinaryCacheCAS(t *testing.T) {
 	c, _ := newBinaryClient(t, Options{CacheCAS: true})
 	mustSet(t, c, "k", "v0")
-	if _, _, err := c.Gets(bg, "k", nil); err != nil {
-		t.Fatal(err)
-	}
+	_, _, err := c.Gets(bg, "k", nil)
+	require.NoError(t, err)
 	require.NoError(t, c.CAS(bg, "k", []byte("v1"), 0), "first CAS")
 	require.ErrorIs(t, c.CAS(bg, "k", []byte("v2"), 0), ErrCASConflict, "second CAS with the same id")
 	requireValue(t, c, "k", "v1")
@@ -266,9 +248,7 @@ func TestBinaryMultiGet(t *testing.T) {
 	keys = append(keys, "key-000", "key-001", "key-098", "key-000")
 	got := map[int]string{}
 	err := c.GetMulti(bg, keys, func(i int, v []byte) {
-		if _, dup := got[i]; dup {
-			t.Errorf("index %d delivered twice", i)
-		}
+		assert.NotContains(t, got, i, "index delivered twice")
 		got[i] = string(v)
 	})
 	require.NoError(t, err, "getmulti")
@@ -276,19 +256,18 @@ func TestBinaryMultiGet(t *testing.T) {
 		n, _ := strconv.Atoi(strings.TrimPrefix(k, "key-"))
 		v, hit := got[i]
 		switch {
-		case n%2 == 0 && (!hit || v != fmt.Sprintf("value of %d", n)):
-			t.Errorf("keys[%d] = %s: got %q (hit %v)", i, k, v, hit)
-		case n%2 == 1 && hit:
-			t.Errorf("keys[%d] = %s is a miss, got %q", i, k, v)
+		case n%2 == 0:
+			assert.True(t, hit, "keys[%d] = %s: a miss", i, k)
+			assert.Equal(t, fmt.Sprintf("value of %d", n), v, "keys[%d] = %s", i, k)
+		default:
+			assert.False(t, hit, "keys[%d] = %s is a miss, got %q", i, k, v)
 		}
 	}
-	if want := 50 + 3; len(got) != want {
-		t.Errorf("%d hits, want %d", len(got), want)
-	}
+	assert.Len(t, got, 50+3, "hits")
 
 	// All misses: only the NOOP answers.
 	err = c.GetMulti(bg, []string{"none-1", "none-2"}, func(i int, v []byte) {
-		t.Errorf("miss delivered: %d %q", i, v)
+		assert.Fail(t, "miss delivered", "%d %q", i, v)
 	})
 	require.NoError(t, err, "getmulti of misses")
 
@@ -299,13 +278,11 @@ func TestBinaryMultiGet(t *testing.T) {
 		mustSet(t, c, big[i], strings.Repeat(string(rune('a'+i)), 20_000+i))
 	}
 	m, err := c.GetMultiMap(bg, big)
-	if err != nil || len(m) != len(big) {
-		t.Fatalf("getmulti of big values: %d hits, %v", len(m), err)
-	}
+	require.NoError(t, err, "getmulti of big values")
+	require.Len(t, m, len(big), "getmulti of big values: hits")
 	for i, k := range big {
-		if want := strings.Repeat(string(rune('a'+i)), 20_000+i); string(m[k]) != want {
-			t.Errorf("%s: %d bytes, want %d", k, len(m[k]), len(want))
-		}
+		want := strings.Repeat(string(rune('a'+i)), 20_000+i)
+		assert.True(t, string(m[k]) == want, "%s: %d bytes, want %d", k, len(m[k]), len(want))
 	}
 }
 
@@ -315,9 +292,8 @@ func TestBinaryLargeValue(t *testing.T) {
 	value := bytes.Repeat([]byte("0123456789"), 90_000) // 900 KB, under memcached's 1 MB items
 	require.NoError(t, c.Set(bg, "big", value, 0), "set")
 	got, err := c.Get(bg, "big", nil)
-	if err != nil || !bytes.Equal(got, value) {
-		t.Fatalf("get: %d bytes, %v; want %d", len(got), err, len(value))
-	}
+	require.NoError(t, err, "get")
+	require.True(t, bytes.Equal(got, value), "get: %d bytes, want %d", len(got), len(value))
 
 	// The client refuses a value over MaxValueLength before storing it
 	// anywhere, and the connection stays in step.
@@ -331,16 +307,10 @@ func TestBinaryLargeValue(t *testing.T) {
 func TestBinaryServerValueTooLarge(t *testing.T) {
 	c, dials := newBinaryClient(t, Options{MaxValueLength: 4 << 20})
 	err := c.Set(bg, "huge", make([]byte, 1_500_000), 0)
-	if !errors.Is(err, ErrValueTooLarge) {
-		t.Fatalf("err %v, want ErrValueTooLarge", err)
-	}
-	if se := wantStatus(t, err, binStatusTooLarge); !strings.Contains(se.Message, "Too large") {
-		t.Errorf("message %q does not carry the server's", se.Message)
-	}
+	require.ErrorIs(t, err, ErrValueTooLarge)
+	assert.Contains(t, wantStatus(t, err, binStatusTooLarge).Message, "Too large", "the message carries the server's")
 	requireMiss(t, c, "huge")
-	if n := dials.Load(); n != 1 {
-		t.Errorf("%d connections dialed, want 1: the too-large reply cost the connection", n)
-	}
+	assert.EqualValues(t, 1, dials.Load(), "connections dialed: the too-large reply cost the connection")
 }
 
 // With -M memcached answers a full cache with status 0x82 instead of
@@ -354,15 +324,10 @@ func TestBinaryOutOfMemory(t *testing.T) {
 		err = c.Set(bg, fmt.Sprintf("fill-%d", i), value, 0)
 	}
 	se := wantStatus(t, err, binStatusOutOfMemory)
-	if !strings.Contains(strings.ToLower(se.Message), "out of memory") {
-		t.Errorf("message %q", se.Message)
-	}
-	if errors.Is(err, ErrNotStored) || errors.Is(err, ErrCacheMiss) {
-		t.Errorf("out of memory reads as %v", err)
-	}
-	if n := dials.Load(); n != 1 {
-		t.Errorf("%d connections dialed, want 1: the out-of-memory reply cost the connection", n)
-	}
+	assert.Contains(t, strings.ToLower(se.Message), "out of memory", "message")
+	assert.NotErrorIs(t, err, ErrNotStored, "out of memory")
+	assert.NotErrorIs(t, err, ErrCacheMiss, "out of memory")
+	assert.EqualValues(t, 1, dials.Load(), "connections dialed: the out-of-memory reply cost the connection")
 }
 
 // memcached answers a key over 250 bytes with status 0x04 and closes the
@@ -374,29 +339,20 @@ func TestBinaryInvalidArgumentsDropsConnection(t *testing.T) {
 	wantStatus(t, err, binStatusInvalidArgs)
 	mustSet(t, c, "after", "ok")
 	requireValue(t, c, "after", "ok")
-	if n := dials.Load(); n != 2 {
-		t.Errorf("%d connections dialed, want 2: the closed one and its replacement", n)
-	}
+	assert.EqualValues(t, 2, dials.Load(), "connections dialed: the closed one and its replacement")
 }
 
 func TestBinaryStatsVersionFlush(t *testing.T) {
 	s := startMemcached(t)
 	c := newTestClient(t, s.Addr, Binary, Options{})
 	v, err := c.Version(bg)
-	if err != nil || v == "" {
-		t.Fatalf("version = %q, %v", v, err)
-	}
+	require.NoError(t, err, "version")
+	require.NotEmpty(t, v, "version")
 	st, err := c.Stats(bg)
 	require.NoError(t, err, "stats")
-	if st["version"] != v {
-		t.Errorf("stats version %q, version %q", st["version"], v)
-	}
-	if want := strconv.Itoa(s.proc.Pid); st["pid"] != want {
-		t.Errorf("stats pid %q, want the server's %s", st["pid"], want)
-	}
-	if len(st) < 20 {
-		t.Errorf("only %d stats: %v", len(st), st)
-	}
+	assert.Equal(t, v, st["version"], "stats version")
+	assert.Equal(t, strconv.Itoa(s.proc.Pid), st["pid"], "stats pid: the server's")
+	assert.GreaterOrEqual(t, len(st), 20, "stats: %v", st)
 
 	for _, k := range []string{"a", "b", "c"} {
 		mustSet(t, c, k, "v")
@@ -424,9 +380,8 @@ func startMemcachedSASL(t *testing.T, user, pass string) *testServer {
 	db := filepath.Join(dir, "sasldb2")
 	cmd := exec.Command(saslpasswd, "-a", "memcached", "-c", "-p", "-f", db, user)
 	cmd.Stdin = strings.NewReader(pass)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("saslpasswd2: %v: %s", err, out)
-	}
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "saslpasswd2: %s", out)
 	conf := fmt.Sprintf("mech_list: plain\nsasldb_path: %s\n", db)
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "memcached.conf"), []byte(conf), 0o600))
 	env := []string{"SASL_CONF_PATH=" + dir}
@@ -443,7 +398,7 @@ func startMemcachedSASL(t *testing.T, user, pass string) *testServer {
 		}
 		lastErr = err
 	}
-	t.Fatalf("memcached -S did not start: %v", lastErr)
+	require.FailNow(t, "memcached -S did not start", "%v", lastErr)
 	return nil
 }
 
@@ -456,9 +411,8 @@ func TestBinarySASL(t *testing.T) {
 		mustSet(t, c, "k", "authenticated")
 		requireValue(t, c, "k", "authenticated")
 		m, err := c.GetMultiMap(bg, []string{"k", "other"})
-		if err != nil || string(m["k"]) != "authenticated" || len(m) != 1 {
-			t.Fatalf("getmulti = %q, %v", m, err)
-		}
+		require.NoError(t, err, "getmulti")
+		require.Equal(t, map[string][]byte{"k": []byte("authenticated")}, m, "getmulti")
 	})
 
 	t.Run("wrong password", func(t *testing.T) {
@@ -466,9 +420,8 @@ func TestBinarySASL(t *testing.T) {
 		c := newTestClient(t, s.Addr, Binary, Options{Username: "alice", Password: "wrong", ErrorAsMiss: true})
 		require.ErrorIs(t, c.Connect(bg), ErrAuth, "connect")
 		_, err := c.Get(bg, "k", nil)
-		if !errors.Is(err, ErrAuth) || errors.Is(err, ErrCacheMiss) {
-			t.Fatalf("get: %v, want ErrAuth and no miss", err)
-		}
+		require.ErrorIs(t, err, ErrAuth, "get")
+		require.NotErrorIs(t, err, ErrCacheMiss, "get")
 		wantStatus(t, err, binStatusAuthError)
 	})
 
@@ -483,10 +436,8 @@ func TestBinarySASL(t *testing.T) {
 		c := newTestClient(t, s.Addr, Binary, Options{})
 		_, err := c.Get(bg, "k", nil)
 		wantStatus(t, err, binStatusAuthError)
-		if errors.Is(err, ErrCacheMiss) {
-			t.Fatalf("refusal reads as a miss: %v", err)
-		}
-		err = c.GetMulti(bg, []string{"k", "j"}, func(int, []byte) { t.Error("value without auth") })
+		require.NotErrorIs(t, err, ErrCacheMiss, "refusal reads as a miss")
+		err = c.GetMulti(bg, []string{"k", "j"}, func(int, []byte) { assert.Fail(t, "value without auth") })
 		wantStatus(t, err, binStatusAuthError)
 	})
 }
@@ -498,13 +449,12 @@ func TestBinarySASLUnsupported(t *testing.T) {
 	s := startMemcached(t)
 	c := newTestClient(t, s.Addr, Binary, Options{Username: "alice", Password: "pw", ErrorAsMiss: true})
 	err := c.Connect(bg)
-	if !errors.Is(err, ErrAuth) || !strings.Contains(err.Error(), "does not support SASL") {
-		t.Fatalf("connect: %v, want ErrAuth saying the server does not support SASL", err)
-	}
+	require.ErrorIs(t, err, ErrAuth, "connect")
+	require.ErrorContains(t, err, "does not support SASL", "connect")
 	wantStatus(t, err, binStatusUnknownCommand)
-	if _, err := c.Get(bg, "k", nil); !errors.Is(err, ErrAuth) || errors.Is(err, ErrCacheMiss) {
-		t.Fatalf("get: %v, want ErrAuth and no miss", err)
-	}
+	_, err = c.Get(bg, "k", nil)
+	require.ErrorIs(t, err, ErrAuth, "get")
+	require.NotErrorIs(t, err, ErrCacheMiss, "get")
 }
 
 // cancelOnRead is a connection whose first read cancels the request's
@@ -542,7 +492,5 @@ func TestBinaryAuthInterruptedConnIsDiscarded(t *testing.T) {
 	c := newTestClient(t, s.Addr, Binary, opts)
 	require.ErrorIs(t, c.Connect(ctx), context.Canceled, "connect with a context cancelled during auth")
 	mustSet(t, c, "k", "v")
-	if n := dials.Load(); n != 2 {
-		t.Errorf("%d dials, want 2: the interrupted connection must be replaced", n)
-	}
+	assert.EqualValues(t, 2, dials.Load(), "dials: the interrupted connection must be replaced")
 }
