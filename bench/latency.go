@@ -254,7 +254,10 @@ func RunLatency(opts LatencyOptions) (*LatencyReport, error) {
 					}
 					r := rep.Result(wl.Name, load, name)
 					runtime.GC()
-					s := openLoop(c.op, r.Offered, wl.Goroutines, opts.Warmup, opts.Duration, hists[:wl.Goroutines])
+					s, err := openLoop(c.op, r.Offered, wl.Goroutines, opts.Warmup, opts.Duration, hists[:wl.Goroutines])
+					if err != nil {
+						return nil, fmt.Errorf("%s %s: %w", wl.Name, name, err)
+					}
 					r.Samples = append(r.Samples, s)
 					line := fmt.Sprintf("latency round %d/%d %s %s/s (%.0f%%) %s: %s/s done, p50 %s p99 %s p99.9 %s max %s",
 						round+1, opts.Rounds, wl.Name, Human(r.Offered), load*100, name, Human(s.Achieved),

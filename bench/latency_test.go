@@ -191,7 +191,12 @@ func TestOpenLoopWorkersCap(t *testing.T) {
 	go func() { time.Sleep(150 * time.Millisecond); close(release) }()
 	h := newHist()
 	hists := []*hdrhistogram.Histogram{h, newHist(), newHist(), newHist()}
-	res := runOpenLoop(realClock{time.Now()}, newSchedule(1000), 200*time.Millisecond, workers, op, hists)
+	clk, err := newRealClock(workers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer clk.close()
+	res := runOpenLoop(clk, newSchedule(1000), 200*time.Millisecond, workers, op, hists)
 	if peak > workers {
 		t.Errorf("%d requests outstanding at once, cap %d", peak, workers)
 	}

@@ -51,11 +51,52 @@ type schedClock interface {
 	sleepUntil(t time.Duration)
 }
 
-type realClock struct{ start time.Time }
+// realClock is the wall clock from start; workers sleep on a pool of
+// timers, one per worker (precisesleep_linux.go says why not time.Sleep).
+type realClock struct {
+	start    time.Time
+	sleepers chan *sleeper
+}
 
-func (c realClock) now() time.Duration { return time.Since(c.start) }
+func newRealClock(workers int) (*realClock, error) {
+	c := &realClock{sleepers: make(chan *sleeper, workers)}
+	for range workers {
+		s, err := newSleeper()
+		if err != nil {
+			c.close()
+			return nil, err
+		}
+		c.sleepers <- s
+	}
+	c.start = time.Now()
+	return c, nil
+}
 
-func (c realClock) sleepUntil(t time.Duration) { sleepUntil(c.now, t) }
+func (c *realClock) now() time.Duration { return time.Since(c.start) }
+
+// sleepUntil returns once now() >= t, never before.
+func (c *realClock) sleepUntil(t time.Duration) {
+	d := t - c.now()
+	if d <= 0 {
+		return
+	}
+	s := <-c.sleepers
+	for ; d > 0; d = t - c.now() {
+		s.sleep(d)
+	}
+	c.sleepers <- s
+}
+
+func (c *realClock) close() {
+	for {
+		select {
+		case s := <-c.sleepers:
+			s.close()
+		default:
+			return
+		}
+	}
+}
 
 // Latencies are recorded in microseconds, from 1µs to a minute, to three
 // significant digits.
@@ -185,15 +226,25 @@ func (s *LatencySample) percentiles(h *hdrhistogram.Histogram) {
 // openLoop runs op at rate for warmup (not recorded) and then window, on
 // workers goroutines, and returns the measurement. hists are the
 // workers' histograms, reset here and reused between measurements.
-func openLoop(op func(g int) error, rate float64, workers int, warmup, window time.Duration, hists []*hdrhistogram.Histogram) LatencySample {
+func openLoop(op func(g int) error, rate float64, workers int, warmup, window time.Duration, hists []*hdrhistogram.Histogram) (LatencySample, error) {
 	sch := newSchedule(rate)
 	if warmup > 0 {
-		runOpenLoop(realClock{time.Now()}, sch, warmup, workers, op, nil)
+		c, err := newRealClock(workers)
+		if err != nil {
+			return LatencySample{}, err
+		}
+		runOpenLoop(c, sch, warmup, workers, op, nil)
+		c.close()
 	}
 	for _, h := range hists {
 		h.Reset()
 	}
-	res := runOpenLoop(realClock{time.Now()}, sch, window, workers, op, hists)
+	c, err := newRealClock(workers)
+	if err != nil {
+		return LatencySample{}, err
+	}
+	res := runOpenLoop(c, sch, window, workers, op, hists)
+	c.close()
 	total := newHist()
 	for _, h := range hists {
 		total.Merge(h)
@@ -203,7 +254,7 @@ func openLoop(op func(g int) error, rate float64, workers int, warmup, window ti
 		s.Achieved = float64(res.sent) / elapsed.Seconds()
 	}
 	s.percentiles(total)
-	return s
+	return s, nil
 }
 
 // fmtLatency formats a duration to two or three significant digits:

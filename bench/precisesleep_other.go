@@ -4,9 +4,11 @@ package bench
 
 import "time"
 
-// sleepUntil sleeps until clock() reaches t, never returning early.
-func sleepUntil(clock func() time.Duration, t time.Duration) {
-	for d := t - clock(); d > 0; d = t - clock() {
-		time.Sleep(d)
-	}
-}
+// sleeper falls back on time.Sleep where there is no timerfd.
+type sleeper struct{}
+
+func newSleeper() (*sleeper, error) { return &sleeper{}, nil }
+
+func (*sleeper) sleep(d time.Duration) { time.Sleep(d) }
+
+func (*sleeper) close() {}
