@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/require"
 )
 
 // Map of the tests. Against a real memcached, per driver (wireDrivers):
@@ -52,9 +54,7 @@ func requireBinary(tb testing.TB, name string) string {
 			return path
 		}
 	}
-	if os.Getenv("CI") != "" {
-		tb.Fatalf("%s is not installed (CI requires it: run make test, which installs it)", name)
-	}
+	require.Empty(tb, os.Getenv("CI"), "%s is not installed (CI requires it: run make test, which installs it)", name)
 	tb.Skipf("%s is not installed", name)
 	return ""
 }
@@ -63,9 +63,7 @@ func requireBinary(tb testing.TB, name string) string {
 func freePort(tb testing.TB) int {
 	tb.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatalf("no free port: %v", err)
-	}
+	require.NoError(tb, err, "no free port")
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
 }
@@ -96,7 +94,7 @@ func startMemcached(tb testing.TB, extra ...string) *testServer {
 		}
 		lastErr = err
 	}
-	tb.Fatalf("memcached did not start: %v", lastErr)
+	require.Fail(tb, "memcached did not start", "%v", lastErr)
 	return nil
 }
 
@@ -121,9 +119,7 @@ func startMemcachedUnix(tb testing.TB, extra ...string) *testServer {
 		args = append(args, "-u", "root")
 	}
 	s, err := startProcess(tb, bin, args, "unix", path, nil)
-	if err != nil {
-		tb.Fatalf("memcached (unix) did not start: %v", err)
-	}
+	require.NoError(tb, err, "memcached (unix) did not start")
 	return s
 }
 
