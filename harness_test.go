@@ -40,6 +40,11 @@ import (
 // one request out of the bytes a client sent, for the fake and for the fuzz
 // in-memory conn. hangGuard (there) bounds every wait: a hang fails,
 // nothing is asserted on time.
+// Assertions: testify, require where the test cannot go on, assert
+// otherwise. t.Fatalf/t.Errorf stay only in code measured by
+// testing.AllocsPerRun (testify's arguments allocate) and in
+// fakeserver_test.go's own failures; each fuzz_* file keeps one style, most
+// t.Fatalf, whose messages print the failing input.
 
 // The test harness starts real servers (memcached, nutcracker) on free
 // loopback ports and stops them when the test ends. Under CI=true a missing
