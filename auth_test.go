@@ -213,7 +213,7 @@ func TestASCIIAuth(t *testing.T) {
 					assert.Equal(t, "unauthenticated", ce.Message)
 					requireAuthRefused(t, c.Set(bg, "k", []byte("v"), 0), "set")
 					requireAuthRefused(t, c.Add(bg, "k", []byte("v"), 0), "add")
-					requireAuthRefused(t, c.GetMulti(bg, []string{"k", "j"}, func(int, []byte) { t.Error("a value without auth") }), "multi-get")
+					requireAuthRefused(t, c.GetMulti(bg, []string{"k", "j"}, func(int, []byte) { assert.Fail(t, "a value without auth") }), "multi-get")
 					requireAuthRefused(t, c.Delete(bg, "k"), "delete")
 					requireAuthRefused(t, c.Touch(bg, "k", time.Hour), "touch")
 					_, err = c.Incr(bg, "k", 1)

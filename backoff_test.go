@@ -221,7 +221,7 @@ func TestDialBackoffRecovery(t *testing.T) {
 				srv.Stop()
 				return
 			}
-			t.Fatalf("memcached did not start on a reserved port: %v", lastErr)
+			require.Fail(t, "memcached did not start on a reserved port", "%v", lastErr)
 		})
 	}
 }

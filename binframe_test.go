@@ -27,14 +27,11 @@ func splitBinFrames(t *testing.T, b []byte) []binFrame {
 	t.Helper()
 	var out []binFrame
 	for len(b) > 0 {
-		if len(b) < binHeaderLen {
-			t.Fatalf("%d bytes left, less than a header", len(b))
-		}
+		require.GreaterOrEqual(t, len(b), binHeaderLen, "bytes left, less than a header")
 		h := decodeBinHeader(b)
 		size := binHeaderLen + int(h.bodyLen)
-		if len(b) < size || int(h.extLen)+int(h.keyLen) > int(h.bodyLen) {
-			t.Fatalf("frame lengths do not add up: %+v with %d bytes", h, len(b))
-		}
+		require.True(t, len(b) >= size && int(h.extLen)+int(h.keyLen) <= int(h.bodyLen),
+			"frame lengths do not add up: %+v with %d bytes", h, len(b))
 		body := b[binHeaderLen:size]
 		out = append(out, binFrame{
 			h:      h,
@@ -80,12 +77,8 @@ func TestBinaryHeaderRoundTrip(t *testing.T) {
 	}
 	b := appendBinHeader([]byte("prefix"), h)
 	want := []byte("prefix\x81\x1d\x01\x02\x04\x00\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\x0d\x0e\x0f\x10\x11\x12\x13\x14")
-	if !bytes.Equal(b, want) {
-		t.Fatalf("encoded % x\nwant    % x", b, want)
-	}
-	if got := decodeBinHeader(b[len("prefix"):]); got != h {
-		t.Fatalf("decoded %+v, want %+v", got, h)
-	}
+	require.Equal(t, want, b, "encoded")
+	require.Equal(t, h, decodeBinHeader(b[len("prefix"):]), "decoded")
 }
 
 // The examples of the spec (draft-stone-memcache-binary-01), byte for byte.
@@ -94,23 +87,17 @@ func TestBinarySpecExamples(t *testing.T) {
 	get := appendBinRequestHeader(nil, binGet, 0, 5, 0, 0, 0)
 	get = append(get, "Hello"...)
 	wantGet := "\x80\x00\x00\x05\x00\x00\x00\x00\x00\x00\x00\x05" + strings.Repeat("\x00", 12) + "Hello"
-	if string(get) != wantGet {
-		t.Errorf("get request % x\nwant        % x", get, wantGet)
-	}
+	assert.Equal(t, []byte(wantGet), get, "get request")
 	// 4.3.1: add "Hello" = "World", flags 0xdeadbeef, expiry two hours.
 	add := appendBinaryRequest(nil, &request{op: opAdd, key: "Hello", value: []byte("World"), flags: 0xdeadbeef, exptime: 7200})
 	wantAdd := "\x80\x02\x00\x05\x08\x00\x00\x00\x00\x00\x00\x12" + be32(binOpaque) + strings.Repeat("\x00", 8) +
 		"\xde\xad\xbe\xef\x00\x00\x1c\x20HelloWorld"
-	if string(add) != wantAdd {
-		t.Errorf("add request % x\nwant        % x", add, wantAdd)
-	}
+	assert.Equal(t, []byte(wantAdd), add, "add request")
 	// 4.2.1: getk response, flags 0xdeadbeef, CAS 1.
 	resp := []byte("\x81\x00\x00\x05\x04\x00\x00\x00\x00\x00\x00\x0e\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x01\xde\xad\xbe\xefHelloWorld")
 	h := decodeBinHeader(resp)
 	want := binHeader{magic: 0x81, opcode: binGet, keyLen: 5, extLen: 4, bodyLen: 14, cas: 1}
-	if h != want {
-		t.Errorf("decoded %+v, want %+v", h, want)
-	}
+	assert.Equal(t, want, h, "decoded")
 	assert.NoError(t, checkBinResponse(h, resp, 5), "valid response refused")
 }
 
@@ -127,9 +114,7 @@ func TestBinaryExptime(t *testing.T) {
 		{math.MaxUint32, math.MaxUint32},
 		{math.MaxUint32 + 1, math.MaxUint32},
 	} {
-		if got := binExptime(c.in); got != c.want {
-			t.Errorf("binExptime(%d) = %d, want %d", c.in, got, c.want)
-		}
+		assert.Equal(t, c.want, binExptime(c.in), "binExptime(%d)", c.in)
 	}
 }
 
@@ -186,22 +171,15 @@ func TestBinaryRequestEncoding(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			b := appendBinaryRequest([]byte("keep"), &c.r)
-			if string(b[:4]) != "keep" {
-				t.Fatalf("dst prefix overwritten: %q", b[:4])
-			}
+			require.Equal(t, "keep", string(b[:4]), "dst prefix overwritten")
 			frames := splitBinFrames(t, b[4:])
-			if len(frames) != len(c.want) {
-				t.Fatalf("%d frames, want %d", len(frames), len(c.want))
-			}
+			require.Len(t, frames, len(c.want), "frames")
 			for i, f := range frames {
 				w := c.want[i]
-				if f.h.magic != binMagicRequest || f.h.dataType != 0 || f.h.status != 0 {
-					t.Errorf("frame %d: magic %#x, data type %d, reserved %d", i, f.h.magic, f.h.dataType, f.h.status)
-				}
-				got := want{f.h.opcode, f.h.opaque, f.h.cas, f.extras, f.key, f.value}
-				if got != w {
-					t.Errorf("frame %d:\n got %+q\nwant %+q", i, got, w)
-				}
+				assert.Equal(t, uint8(binMagicRequest), f.h.magic, "frame %d: magic", i)
+				assert.Zero(t, f.h.dataType, "frame %d: data type", i)
+				assert.Zero(t, f.h.status, "frame %d: reserved", i)
+				assert.Equal(t, w, want{f.h.opcode, f.h.opaque, f.h.cas, f.extras, f.key, f.value}, "frame %d", i)
 			}
 		})
 	}
@@ -214,9 +192,7 @@ func newBinReq(op opcode) *request {
 
 func TestBinaryReplySuccess(t *testing.T) {
 	compressed, ok := appendCompressed(nil, bytes.Repeat([]byte("abcd"), 100))
-	if !ok {
-		t.Fatal("test value did not compress")
-	}
+	require.True(t, ok, "test value did not compress")
 	type multiHit struct {
 		i int
 		v string
@@ -232,58 +208,49 @@ func TestBinaryReplySuccess(t *testing.T) {
 			setup: func(r *request) { r.dst = []byte("prefix:") },
 			reply: binResp(binGet, 0, binOpaque, 9, be32(5), "", "hello"),
 			check: func(t *testing.T, r *request) {
-				if string(r.dst) != "prefix:hello" || !r.found || r.resFlags != 5 || r.resCAS != 9 {
-					t.Errorf("dst %q found %v flags %d cas %d", r.dst, r.found, r.resFlags, r.resCAS)
-				}
+				assert.Equal(t, "prefix:hello", string(r.dst), "dst")
+				assert.True(t, r.found, "found")
+				assert.Equal(t, uint32(5), r.resFlags, "flags")
+				assert.Equal(t, uint64(9), r.resCAS, "cas")
 			}},
 		{name: "get hit with key", op: opGet,
 			reply: binResp(binGet, 0, binOpaque, 1, be32(0), "k1", "v"),
 			check: func(t *testing.T, r *request) {
-				if string(r.dst) != "v" {
-					t.Errorf("dst %q", r.dst)
-				}
+				assert.Equal(t, "v", string(r.dst), "dst")
 			}},
 		{name: "get empty value", op: opGet,
 			reply: binResp(binGet, 0, binOpaque, 1, be32(3), "", ""),
 			check: func(t *testing.T, r *request) {
-				if len(r.dst) != 0 || !r.found || r.resFlags != 3 {
-					t.Errorf("dst %q found %v flags %d", r.dst, r.found, r.resFlags)
-				}
+				assert.Empty(t, r.dst, "dst")
+				assert.True(t, r.found, "found")
+				assert.Equal(t, uint32(3), r.resFlags, "flags")
 			}},
 		{name: "gets", op: opGets,
 			reply: binResp(binGet, 0, binOpaque, 0xfedcba9876543210, be32(0), "", "v"),
 			check: func(t *testing.T, r *request) {
-				if r.resCAS != 0xfedcba9876543210 {
-					t.Errorf("cas %#x", r.resCAS)
-				}
+				assert.Equal(t, uint64(0xfedcba9876543210), r.resCAS, "cas")
 			}},
 		{name: "gat", op: opGat,
 			reply: binResp(binGAT, 0, binOpaque, 4, be32(1), "", "obj"),
 			check: func(t *testing.T, r *request) {
-				if string(r.dst) != "obj" || r.resFlags != 1 || r.resCAS != 4 {
-					t.Errorf("dst %q flags %d cas %d", r.dst, r.resFlags, r.resCAS)
-				}
+				assert.Equal(t, "obj", string(r.dst), "dst")
+				assert.Equal(t, uint32(1), r.resFlags, "flags")
+				assert.Equal(t, uint64(4), r.resCAS, "cas")
 			}},
 		{name: "get compressed", op: opGet,
 			reply: binResp(binGet, 0, binOpaque, 1, be32(FlagCompressed), "", string(compressed)),
 			check: func(t *testing.T, r *request) {
-				if string(r.dst) != strings.Repeat("abcd", 100) {
-					t.Errorf("dst %q", r.dst)
-				}
+				assert.Equal(t, strings.Repeat("abcd", 100), string(r.dst), "dst")
 			}},
 		{name: "incr", op: opIncr,
 			reply: binResp(binIncr, 0, binOpaque, 3, "", "", be64(math.MaxUint64)),
 			check: func(t *testing.T, r *request) {
-				if r.number != math.MaxUint64 {
-					t.Errorf("number %d", r.number)
-				}
+				assert.Equal(t, uint64(math.MaxUint64), r.number, "number")
 			}},
 		{name: "decr", op: opDecr,
 			reply: binResp(binDecr, 0, binOpaque, 3, "", "", be64(0)),
 			check: func(t *testing.T, r *request) {
-				if r.number != 0 {
-					t.Errorf("number %d", r.number)
-				}
+				assert.Zero(t, r.number, "number")
 			}},
 		{name: "set", op: opSet, reply: binResp(binSet, 0, binOpaque, 12, "", "", "")},
 		{name: "cas", op: opCAS, reply: binResp(binSet, 0, binOpaque, 13, "", "", "")},
@@ -300,9 +267,7 @@ func TestBinaryReplySuccess(t *testing.T) {
 		{name: "version", op: opVersion,
 			reply: binResp(binVersion, 0, binOpaque, 0, "", "", "1.6.18"),
 			check: func(t *testing.T, r *request) {
-				if r.text != "1.6.18" {
-					t.Errorf("text %q", r.text)
-				}
+				assert.Equal(t, "1.6.18", r.text, "text")
 			}},
 		{name: "stats", op: opStats,
 			reply: join(
@@ -313,9 +278,7 @@ func TestBinaryReplySuccess(t *testing.T) {
 			),
 			check: func(t *testing.T, r *request) {
 				want := map[string]string{"pid": "3078", "version": "1.6.18", "empty": ""}
-				if fmt.Sprint(r.stats) != fmt.Sprint(want) {
-					t.Errorf("stats %v, want %v", r.stats, want)
-				}
+				assert.Equal(t, fmt.Sprint(want), fmt.Sprint(r.stats), "stats")
 			}},
 	} {
 		for _, chunk := range chunkSizes {
@@ -325,9 +288,7 @@ func TestBinaryReplySuccess(t *testing.T) {
 					c.setup(r)
 				}
 				require.NoError(t, feedWhole(t, parseBinaryReply, r, c.reply, chunk), "parse")
-				if r.err != nil {
-					t.Fatalf("outcome %v, want success", r.err)
-				}
+				require.NoError(t, r.err, "outcome")
 				if c.check != nil {
 					c.check(t, r)
 				}
@@ -350,13 +311,10 @@ func TestBinaryReplySuccess(t *testing.T) {
 			var got []multiHit
 			r.keys = keys
 			r.onValue = func(i int, v []byte) { got = append(got, multiHit{i, string(v)}) }
-			if err := feedWhole(t, parseBinaryReply, r, reply, chunk); err != nil || r.err != nil {
-				t.Fatalf("parse: %v, outcome %v", err, r.err)
-			}
+			require.NoError(t, feedWhole(t, parseBinaryReply, r, reply, chunk), "parse")
+			require.NoError(t, r.err, "outcome")
 			want := []multiHit{{0, "A"}, {3, strings.Repeat("abcd", 100)}, {2, "A"}}
-			if fmt.Sprint(got) != fmt.Sprint(want) {
-				t.Errorf("hits %v, want %v", got, want)
-			}
+			assert.Equal(t, fmt.Sprint(want), fmt.Sprint(got), "hits")
 		})
 	}
 }
@@ -411,46 +369,34 @@ func TestBinaryReplyErrors(t *testing.T) {
 			r.dst = []byte("untouched")
 			reply := binResp(binOpcodes[c.op], c.status, binOpaque, 0, "", "", c.msg)
 			n, done, err := parseBinaryReply(r, reply)
-			if n != len(reply) || !done {
-				t.Fatalf("used %d of %d bytes, done %v, err %v", n, len(reply), done, err)
+			require.Equal(t, len(reply), n, "bytes used (err %v)", err)
+			require.True(t, done, "done (err %v)", err)
+			if c.discard {
+				require.Equal(t, errDiscardConn, err, "err")
+			} else {
+				require.NoError(t, err, "a well-formed error frame must keep the connection")
 			}
-			switch {
-			case c.discard && err != errDiscardConn:
-				t.Fatalf("err %v, want errDiscardConn", err)
-			case !c.discard && err != nil:
-				t.Fatalf("err %v: a well-formed error frame must keep the connection", err)
-			}
-			if r.err == nil {
-				t.Fatal("no outcome recorded")
-			}
-			if c.is != nil && !errors.Is(r.err, c.is) {
-				t.Errorf("outcome %v, want errors.Is %v", r.err, c.is)
+			require.Error(t, r.err, "no outcome recorded")
+			if c.is != nil {
+				assert.ErrorIs(t, r.err, c.is, "outcome")
 			}
 			var se *StatusError
 			if c.status2 != 0 {
-				if !errors.As(r.err, &se) || se.Status != c.status2 {
-					t.Fatalf("outcome %#v, want a *StatusError with status %#x", r.err, c.status2)
-				}
-				if len(se.Message) > maxMessageInError {
-					t.Errorf("message of %d bytes, bound %d", len(se.Message), maxMessageInError)
-				}
-				if !strings.Contains(se.Message, c.msg[:min(len(c.msg), 20)]) {
-					t.Errorf("message %q does not carry the server's %q", se.Message, c.msg)
-				}
-			} else if errors.As(r.err, &se) {
-				t.Errorf("outcome %v is a StatusError, want the plain sentinel %v", r.err, c.is)
+				require.ErrorAs(t, r.err, &se, "outcome")
+				require.Equal(t, c.status2, se.Status, "status")
+				assert.LessOrEqual(t, len(se.Message), maxMessageInError, "message length")
+				assert.Contains(t, se.Message, c.msg[:min(len(c.msg), 20)], "message does not carry the server's")
+			} else {
+				assert.False(t, errors.As(r.err, &se), "outcome %v is a StatusError, want the plain sentinel %v", r.err, c.is)
 			}
-			if string(r.dst) != "untouched" || r.found {
-				t.Errorf("error body treated as a value: dst %q found %v", r.dst, r.found)
-			}
+			assert.Equal(t, "untouched", string(r.dst), "error body treated as a value: dst")
+			assert.False(t, r.found, "error body treated as a value: found")
 		})
 	}
 	t.Run("auth unsupported message", func(t *testing.T) {
 		r := newBinReq(opAuth)
 		_, _, _ = parseBinaryReply(r, binResp(binSASLAuth, 0x81, binOpaque, 0, "", "", "Unknown command"))
-		if r.err == nil || !strings.Contains(r.err.Error(), "does not support SASL") {
-			t.Errorf("outcome %v, want a message saying the server does not support SASL", r.err)
-		}
+		assert.ErrorContains(t, r.err, "does not support SASL", "outcome")
 	})
 }
 
@@ -471,8 +417,8 @@ func TestBinaryMultiGetErrors(t *testing.T) {
 		)
 		require.NoError(t, feedWhole(t, parseBinaryReply, r, reply, 5), "parse")
 		var se *StatusError
-		if !errors.As(r.err, &se) || se.Status != 0x82 {
-			t.Errorf("outcome %v, want status 0x82", r.err)
+		if assert.ErrorAs(t, r.err, &se, "outcome") {
+			assert.Equal(t, uint16(0x82), se.Status, "status")
 		}
 	})
 	t.Run("auth error ends the reply", func(t *testing.T) {
@@ -481,20 +427,20 @@ func TestBinaryMultiGetErrors(t *testing.T) {
 		r := multi()
 		reply := binResp(binGetKQ, 0x20, 0, 0, "", "", "Auth failure.")
 		n, done, err := parseBinaryReply(r, reply)
-		if n != len(reply) || !done || err != errDiscardConn {
-			t.Fatalf("used %d/%d, done %v, err %v; want whole, done, errDiscardConn", n, len(reply), done, err)
-		}
+		require.Equal(t, len(reply), n, "bytes used")
+		require.True(t, done, "done")
+		require.Equal(t, errDiscardConn, err, "err")
 		var se *StatusError
-		if !errors.As(r.err, &se) || se.Status != 0x20 {
-			t.Errorf("outcome %v, want status 0x20", r.err)
+		if assert.ErrorAs(t, r.err, &se, "outcome") {
+			assert.Equal(t, uint16(0x20), se.Status, "status")
 		}
 	})
 	t.Run("error on noop", func(t *testing.T) {
 		r := multi()
 		require.NoError(t, feedWhole(t, parseBinaryReply, r, binResp(binNoop, 0x84, 2, 0, "", "", "boom"), 100), "parse")
 		var se *StatusError
-		if !errors.As(r.err, &se) || se.Status != 0x84 {
-			t.Errorf("outcome %v, want status 0x84", r.err)
+		if assert.ErrorAs(t, r.err, &se, "outcome") {
+			assert.Equal(t, uint16(0x84), se.Status, "status")
 		}
 	})
 }
@@ -540,17 +486,15 @@ func TestBinaryReplyMalformed(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			r := newBinReq(c.op)
 			r.keys = multiKeys
-			r.onValue = func(int, []byte) { t.Error("value delivered from a malformed frame") }
+			r.onValue = func(int, []byte) { assert.Fail(t, "value delivered from a malformed frame") }
 			n, _, err := parseBinaryReply(r, c.reply)
-			if !errors.Is(err, ErrProtocol) {
-				t.Fatalf("err %v, want ErrProtocol", err)
+			require.ErrorIs(t, err, ErrProtocol, "err")
+			if c.atHeader {
+				assert.Zero(t, n, "bytes used before refusing the header")
+				assert.Zero(t, cap(r.parse.scratch), "bytes buffered before refusing the header")
 			}
-			if c.atHeader && (n != 0 || cap(r.parse.scratch) != 0) {
-				t.Errorf("used %d bytes and buffered %d before refusing the header", n, cap(r.parse.scratch))
-			}
-			if r.found || len(r.dst) != 0 {
-				t.Error("value delivered from a malformed frame")
-			}
+			assert.False(t, r.found, "value delivered from a malformed frame")
+			assert.Empty(t, r.dst, "value delivered from a malformed frame")
 		})
 	}
 }
@@ -562,27 +506,23 @@ func TestBinaryHugeBodyRefusedBeforeBuffering(t *testing.T) {
 		bodyLen: math.MaxUint32, opaque: binOpaque})
 	r := newBinReq(opGet)
 	n, done, err := parseBinaryReply(r, hdr)
-	if !errors.Is(err, ErrProtocol) || n != 0 || done {
-		t.Fatalf("n %d done %v err %v, want the header refused", n, done, err)
-	}
-	if cap(r.parse.scratch) != 0 {
-		t.Errorf("scratch grew to %d bytes", cap(r.parse.scratch))
-	}
+	require.ErrorIs(t, err, ErrProtocol, "header refused")
+	require.Zero(t, n, "header refused: bytes used")
+	require.False(t, done, "header refused: done")
+	assert.Zero(t, cap(r.parse.scratch), "scratch grew")
 	// A value exactly at MaxValueLength is fine.
 	r = newBinReq(opGet)
 	r.maxValue = 10
-	if err := feedWhole(t, parseBinaryReply, r, binResp(binGet, 0, binOpaque, 1, be32(0), "", "0123456789"), 4); err != nil || string(r.dst) != "0123456789" {
-		t.Errorf("value at the limit: err %v, dst %q", err, r.dst)
-	}
+	assert.NoError(t, feedWhole(t, parseBinaryReply, r, binResp(binGet, 0, binOpaque, 1, be32(0), "", "0123456789"), 4), "value at the limit")
+	assert.Equal(t, "0123456789", string(r.dst), "value at the limit")
 	r = newBinReq(opGet)
 	r.maxValue = 9
 	assert.ErrorIs(t, feedWhole(t, parseBinaryReply, r, binResp(binGet, 0, binOpaque, 1, be32(0), "", "0123456789"), 4), ErrProtocol, "value over the limit: err")
 	// Replies without a user value get a floor, so that the auth reply
 	// (whose request carries no MaxValueLength) still fits.
 	r = &request{op: opAuth}
-	if err := feedWhole(t, parseBinaryReply, r, binResp(binSASLAuth, 0, binOpaque, 0, "", "", "Authenticated"), 4); err != nil || r.err != nil {
-		t.Errorf("auth reply with no MaxValueLength: err %v, outcome %v", err, r.err)
-	}
+	assert.NoError(t, feedWhole(t, parseBinaryReply, r, binResp(binSASLAuth, 0, binOpaque, 0, "", "", "Authenticated"), 4), "auth reply with no MaxValueLength")
+	assert.NoError(t, r.err, "auth reply with no MaxValueLength: outcome")
 }
 
 // A frame whole in the buffer is used in place; one that spans reads is
@@ -592,18 +532,13 @@ func TestBinaryFrameBuffering(t *testing.T) {
 	reply := binResp(binGet, 0, binOpaque, 1, be32(0), "", string(value))
 
 	r := newBinReq(opGet)
-	if err := feedWhole(t, parseBinaryReply, r, reply, len(reply)); err != nil || !bytes.Equal(r.dst, value) {
-		t.Fatalf("whole frame: err %v, value intact %v", err, bytes.Equal(r.dst, value))
-	}
-	if cap(r.parse.scratch) != 0 {
-		t.Errorf("a whole frame was copied to scratch (%d bytes)", cap(r.parse.scratch))
-	}
+	require.NoError(t, feedWhole(t, parseBinaryReply, r, reply, len(reply)), "whole frame")
+	require.True(t, bytes.Equal(r.dst, value), "whole frame: value intact")
+	assert.Zero(t, cap(r.parse.scratch), "a whole frame was copied to scratch")
 
 	r = newBinReq(opGet)
-	if err := feedWhole(t, parseBinaryReply, r, reply, 16<<10); err != nil || !bytes.Equal(r.dst, value) {
-		t.Fatalf("split frame: err %v, value intact %v", err, bytes.Equal(r.dst, value))
-	}
-	if c := cap(r.parse.scratch); c < len(reply) || c > 2*len(reply) {
-		t.Errorf("scratch capacity %d for a %d-byte frame", c, len(reply))
-	}
+	require.NoError(t, feedWhole(t, parseBinaryReply, r, reply, 16<<10), "split frame")
+	require.True(t, bytes.Equal(r.dst, value), "split frame: value intact")
+	c := cap(r.parse.scratch)
+	assert.True(t, c >= len(reply) && c <= 2*len(reply), "scratch capacity %d for a %d-byte frame", c, len(reply))
 }

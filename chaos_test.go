@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -142,7 +143,7 @@ func TestChaosCutConnections(t *testing.T) {
 						case errors.As(err, &ce):
 							cut.Add(1) // a cut connection, or a context that ended
 						default:
-							t.Errorf("%v", err)
+							assert.NoError(t, err)
 							return
 						}
 					}
@@ -153,7 +154,7 @@ func TestChaosCutConnections(t *testing.T) {
 			select {
 			case <-finished:
 			case <-time.After(stressTimeout):
-				t.Fatal("requests still waiting: a request was lost")
+				require.Fail(t, "requests still waiting: a request was lost")
 			}
 			close(stop)
 			<-chaosDone

@@ -129,9 +129,7 @@ func eventuallyMiss(t *testing.T, c *Client, key string, within time.Duration) {
 			return
 		}
 		require.NoError(t, err, "Get %q while waiting for expiry", key)
-		if time.Now().After(deadline) {
-			t.Fatalf("%q still present after %v", key, within)
-		}
+		require.False(t, time.Now().After(deadline), "%q still present after %v", key, within)
 		time.Sleep(100 * time.Millisecond)
 	}
 }
@@ -1067,7 +1065,7 @@ var conformanceCases = []confCase{
 		case errors.As(err, &st):
 			assert.NotEmpty(t, st.Message)
 		default:
-			t.Fatalf("oversized item: %v (%T) is neither a *ServerError nor a *StatusError", err, err)
+			require.Fail(t, "oversized item is neither a *ServerError nor a *StatusError", "%v (%T)", err, err)
 		}
 		// (A driver may also match ErrValueTooLarge here: the server's
 		// limit, not MaxValueLength, refused it.)
@@ -1288,7 +1286,7 @@ var conformanceCases = []confCase{
 		wg.Wait()
 		close(errs)
 		for err := range errs {
-			t.Error(err)
+			assert.NoError(t, err)
 		}
 		n, err := c.GetInt(bg, counter)
 		require.NoError(t, err)

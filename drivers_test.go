@@ -24,9 +24,7 @@ func newTestClient(t testing.TB, addr string, proto Protocol, opts Options) *Cli
 	t.Helper()
 	opts.Protocol = proto
 	c, err := New(addr, opts)
-	if err != nil {
-		t.Fatalf("New(%q, %v): %v", addr, proto, err)
-	}
+	require.NoError(t, err, "New(%q, %v)", addr, proto)
 	t.Cleanup(func() { c.Close() })
 	return c
 }

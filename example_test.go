@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/stretchr/testify/require"
 )
 
 // The pyermc README walkthrough, in Go. walkthrough runs it on a client made
@@ -166,12 +168,8 @@ func walkthrough(ctx context.Context, c *Client, w io.Writer) error {
 func TestWalkthrough(t *testing.T) {
 	forEachDriver(t, Options{CacheCAS: true}, func(t *testing.T, c *Client) {
 		var out bytes.Buffer
-		if err := walkthrough(bg, c, &out); err != nil {
-			t.Fatalf("walkthrough failed after:\n%s\nerror: %v", out.String(), err)
-		}
-		if got := out.String(); got != walkthroughTranscript {
-			t.Fatalf("transcript differs from the README\ngot:\n%s\nwant:\n%s", got, walkthroughTranscript)
-		}
+		require.NoError(t, walkthrough(bg, c, &out), "walkthrough failed after:\n%s", out.String())
+		require.Equal(t, walkthroughTranscript, out.String(), "transcript differs from the README")
 	})
 }
 
@@ -181,12 +179,8 @@ func TestWalkthrough(t *testing.T) {
 func TestWalkthroughNeedsCacheCAS(t *testing.T) {
 	forEachDriver(t, Options{}, func(t *testing.T, c *Client) {
 		var out bytes.Buffer
-		if err := walkthrough(bg, c, &out); err != nil {
-			t.Fatalf("walkthrough: %v", err)
-		}
-		if out.String() == walkthroughTranscript {
-			t.Fatal("the second cas succeeded only with CacheCAS, but the transcript matched without it")
-		}
+		require.NoError(t, walkthrough(bg, c, &out), "walkthrough")
+		require.NotEqual(t, walkthroughTranscript, out.String(), "the second cas succeeded only with CacheCAS, but the transcript matched without it")
 	})
 }
 
@@ -265,25 +259,19 @@ func Example_walkthrough() {
 func TestWalkthroughExampleOutput(t *testing.T) {
 	fset := token.NewFileSet()
 	f, err := parser.ParseFile(fset, "example_test.go", nil, parser.ParseComments)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err, "parse example_test.go")
 	for _, ex := range doc.Examples(f) {
 		if ex.Name != "_walkthrough" {
 			continue
 		}
-		if ex.Output != "" || ex.EmptyOutput {
-			t.Fatalf("Example_walkthrough has an Output comment: go test would run it")
-		}
+		require.False(t, ex.Output != "" || ex.EmptyOutput, "Example_walkthrough has an Output comment: go test would run it")
 		for _, cg := range ex.Comments {
 			if text := cg.Text(); strings.HasPrefix(text, "Prints:\n") {
-				if got := strings.TrimPrefix(text, "Prints:\n"); got != walkthroughTranscript {
-					t.Fatalf("Example_walkthrough prints, it says:\n%s\nwalkthroughTranscript:\n%s", got, walkthroughTranscript)
-				}
+				require.Equal(t, walkthroughTranscript, strings.TrimPrefix(text, "Prints:\n"), "what Example_walkthrough says it prints")
 				return
 			}
 		}
-		t.Fatal("Example_walkthrough: no Prints: comment")
+		require.Fail(t, "Example_walkthrough: no Prints: comment")
 	}
-	t.Fatal("Example_walkthrough not found")
+	require.Fail(t, "Example_walkthrough not found")
 }

@@ -520,7 +520,7 @@ func rawStat(t *testing.T, addr, name string) int64 {
 			return n
 		}
 	}
-	t.Fatalf("stat %s not found: %v", name, sc.Err())
+	require.Fail(t, "stat not found", "%s: %v", name, sc.Err())
 	return 0
 }
 
@@ -532,8 +532,6 @@ func waitStat(t *testing.T, addr, name string, want int64, guard time.Duration) 
 		if rawStat(t, addr, name) >= want {
 			return
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("stat %s did not reach %d within %v", name, want, guard)
-		}
+		require.False(t, time.Now().After(deadline), "stat %s did not reach %d within %v", name, want, guard)
 	}
 }

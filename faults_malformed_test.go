@@ -455,9 +455,7 @@ func TestServerProtocolMismatch(t *testing.T) {
 				err := guarded(t, op)
 				t.Logf("%s: %v", name, err)
 				var ce *ConnError
-				if !errors.As(err, &ce) && !errors.Is(err, ErrProtocol) {
-					t.Errorf("%s: %v (%T), want a *ConnError or ErrProtocol", name, err, err)
-				}
+				assert.True(t, errors.As(err, &ce) || errors.Is(err, ErrProtocol), "%s: %v (%T), want a *ConnError or ErrProtocol", name, err, err)
 				assert.NotErrorIs(t, err, ErrCacheMiss, name)
 			}
 		})

@@ -296,7 +296,7 @@ func fillConnections(t *testing.T, addr string) []net.Conn {
 		require.Equal(t, "ERROR Too many open connections\r\n", line)
 		return held
 	}
-	t.Fatal("memcached accepted 1000 connections despite -c")
+	require.Fail(t, "memcached accepted 1000 connections despite -c")
 	return nil
 }
 
@@ -327,7 +327,7 @@ func TestServerConnectionLimit(t *testing.T) {
 				assert.Contains(t, se.Message, "Too many open connections")
 			case proto == Ultra && (errors.As(res.err, &ce) || errors.Is(res.err, ErrProtocol)):
 			default:
-				t.Fatalf("at the connection limit: %v (%T), want the server's line as a *ServerError", res.err, res.err)
+				require.Fail(t, "at the connection limit: want the server's line as a *ServerError", "%v (%T)", res.err, res.err)
 			}
 
 			held[0].Close()

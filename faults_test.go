@@ -46,7 +46,7 @@ func await[T any](t *testing.T, ch <-chan T) T {
 	case v := <-ch:
 		return v
 	case <-guard.C:
-		t.Fatalf("call did not return within %v", hangGuard)
+		require.Fail(t, "call did not return", "within %v", hangGuard)
 		panic("unreachable")
 	}
 }

@@ -6,6 +6,9 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 // TestAllocsFetchHit: a Fetch hit allocates nothing on any driver, even
@@ -46,14 +49,8 @@ func testAllocsFetchHit(t *testing.T, c *Client, timeout context.Context) {
 				err = e
 			}
 		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if loads != 0 {
-			t.Fatalf("%d loads on a hit", loads)
-		}
-		if allocs != 0 {
-			t.Errorf("Fetch hit: %v allocs/op, want 0", allocs)
-		}
+		require.NoError(t, err)
+		require.Zero(t, loads, "loads on a hit")
+		assert.Zero(t, allocs, "Fetch hit: allocs/op")
 	}
 }

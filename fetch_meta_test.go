@@ -60,9 +60,7 @@ func TestFetchMetaOneLoadAcrossClients(t *testing.T) {
 		if callers >= procs*perClient-1 && leaders == procs {
 			break
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d callers in %d clients' tables, want %d in %d", callers, leaders, procs*perClient-1, procs)
-		}
+		require.False(t, time.Now().After(deadline), "%d callers in %d clients' tables, want %d in %d", callers, leaders, procs*perClient-1, procs)
 	}
 	close(l.release)
 	for _, ch := range results {

@@ -50,7 +50,7 @@ func awaitLoad(t *testing.T, l *testLoader) {
 	select {
 	case <-l.started:
 	case <-time.After(10 * time.Second):
-		t.Fatal("no load started within 10s")
+		require.Fail(t, "no load started within 10s")
 	}
 }
 
@@ -59,9 +59,7 @@ func awaitLoad(t *testing.T, l *testLoader) {
 func awaitWaiters(t *testing.T, c *Client, key string, n int) {
 	t.Helper()
 	for deadline := time.Now().Add(10 * time.Second); c.fetches.waiting(key) != n; time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d callers wait for %q, want %d", c.fetches.waiting(key), key, n)
-		}
+		require.False(t, time.Now().After(deadline), "%d callers wait for %q, want %d", c.fetches.waiting(key), key, n)
 	}
 }
 
@@ -384,7 +382,7 @@ func TestFetchManyKeysConcurrently(t *testing.T) {
 		wg.Wait()
 		close(errs)
 		for err := range errs {
-			t.Fatal(err)
+			require.NoError(t, err)
 		}
 		require.False(t, overlap.Load(), "two loads of one key ran at once in one client")
 		require.Zero(t, c.fetches.size())

@@ -202,5 +202,5 @@ func fillMemcached(t *testing.T, addr string) {
 			return
 		}
 	}
-	t.Fatal("memcached -M -m 2 never ran out of memory")
+	require.Fail(t, "memcached -M -m 2 never ran out of memory")
 }

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/require"
 )
 
 // Map of the tests. Against a real memcached, per driver (wireDrivers):
@@ -38,6 +40,11 @@ import (
 // one request out of the bytes a client sent, for the fake and for the fuzz
 // in-memory conn. hangGuard (there) bounds every wait: a hang fails,
 // nothing is asserted on time.
+// Assertions: testify, require where the test cannot go on, assert
+// otherwise. t.Fatalf/t.Errorf stay only in code measured by
+// testing.AllocsPerRun (testify's arguments allocate) and in
+// fakeserver_test.go's own failures; each fuzz_* file keeps one style, most
+// t.Fatalf, whose messages print the failing input.
 
 // The test harness starts real servers (memcached, nutcracker) on free
 // loopback ports and stops them when the test ends. Under CI=true a missing
@@ -52,9 +59,7 @@ func requireBinary(tb testing.TB, name string) string {
 			return path
 		}
 	}
-	if os.Getenv("CI") != "" {
-		tb.Fatalf("%s is not installed (CI requires it: run make test, which installs it)", name)
-	}
+	require.Empty(tb, os.Getenv("CI"), "%s is not installed (CI requires it: run make test, which installs it)", name)
 	tb.Skipf("%s is not installed", name)
 	return ""
 }
@@ -63,9 +68,7 @@ func requireBinary(tb testing.TB, name string) string {
 func freePort(tb testing.TB) int {
 	tb.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatalf("no free port: %v", err)
-	}
+	require.NoError(tb, err, "no free port")
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
 }
@@ -96,7 +99,7 @@ func startMemcached(tb testing.TB, extra ...string) *testServer {
 		}
 		lastErr = err
 	}
-	tb.Fatalf("memcached did not start: %v", lastErr)
+	require.Fail(tb, "memcached did not start", "%v", lastErr)
 	return nil
 }
 
@@ -121,9 +124,7 @@ func startMemcachedUnix(tb testing.TB, extra ...string) *testServer {
 		args = append(args, "-u", "root")
 	}
 	s, err := startProcess(tb, bin, args, "unix", path, nil)
-	if err != nil {
-		tb.Fatalf("memcached (unix) did not start: %v", err)
-	}
+	require.NoError(tb, err, "memcached (unix) did not start")
 	return s
 }
 

@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"strconv"
 	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 // memcached serves at most -R commands of one connection per event
@@ -34,26 +37,19 @@ func TestMetaMultiGetYieldsEvery20Keys(t *testing.T) {
 			srv := startMemcached(t, c.extra...)
 			cl := newTestClient(t, srv.Addr, c.proto, Options{})
 			for _, k := range keys {
-				if err := cl.Set(ctx, k, []byte("v"), 0); err != nil {
-					t.Fatalf("Set %s: %v", k, err)
-				}
+				require.NoError(t, cl.Set(ctx, k, []byte("v"), 0), "Set %s", k)
 			}
 			before := connYields(t, cl)
 			const rounds = 10
 			for r := 0; r < rounds; r++ {
 				hits := 0
-				if err := cl.GetMulti(ctx, keys, func(int, []byte) { hits++ }); err != nil {
-					t.Fatalf("GetMulti: %v", err)
-				}
-				if hits != len(keys) {
-					t.Fatalf("GetMulti: %d hits, want %d", hits, len(keys))
-				}
+				require.NoError(t, cl.GetMulti(ctx, keys, func(int, []byte) { hits++ }), "GetMulti")
+				require.Equal(t, len(keys), hits, "GetMulti: hits")
 			}
 			got := connYields(t, cl) - before
-			if got < c.yieldsFrom*rounds || got > c.yieldsTo*rounds {
-				t.Errorf("%d multi-gets of %d keys: conn_yields grew by %d, want %d to %d",
-					rounds, len(keys), got, c.yieldsFrom*rounds, c.yieldsTo*rounds)
-			}
+			assert.True(t, got >= c.yieldsFrom*rounds && got <= c.yieldsTo*rounds,
+				"%d multi-gets of %d keys: conn_yields grew by %d, want %d to %d",
+				rounds, len(keys), got, c.yieldsFrom*rounds, c.yieldsTo*rounds)
 		})
 	}
 }
@@ -61,12 +57,8 @@ func TestMetaMultiGetYieldsEvery20Keys(t *testing.T) {
 func connYields(t *testing.T, cl *Client) int {
 	t.Helper()
 	st, err := cl.Stats(context.Background())
-	if err != nil {
-		t.Fatalf("Stats: %v", err)
-	}
+	require.NoError(t, err, "Stats")
 	n, err := strconv.Atoi(st["conn_yields"])
-	if err != nil {
-		t.Fatalf("stats conn_yields %q: %v", st["conn_yields"], err)
-	}
+	require.NoError(t, err, "stats conn_yields %q", st["conn_yields"])
 	return n
 }

@@ -201,7 +201,7 @@ func requireBoundedError(t *testing.T, err error, what string) {
 		assert.Less(t, len(s), maxErrorLen, "%s: error message of %d bytes: %.200q...", what, len(s), s)
 		for i := 0; i < len(s); i++ {
 			if c := s[i]; c < ' ' || c >= 0x7f {
-				t.Errorf("%s: raw byte %#x at %d in the error message %.300q", what, c, i, s)
+				assert.Fail(t, "raw byte in the error message", "%s: %#x at %d in %.300q", what, c, i, s)
 				break
 			}
 		}

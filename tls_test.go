@@ -141,7 +141,7 @@ func requireFailsEverywhere(t *testing.T, c *Client) error {
 	requireHardFault(t, getErr, "get")
 	requireHardFault(t, guarded(t, func() error { return c.Set(bg, "k", []byte("v"), 0) }), "set")
 	requireHardFault(t, guarded(t, func() error {
-		return c.GetMulti(bg, []string{"k", "j"}, func(int, []byte) { t.Error("a value over a failed connection") })
+		return c.GetMulti(bg, []string{"k", "j"}, func(int, []byte) { assert.Fail(t, "a value over a failed connection") })
 	}), "multi-get")
 	return getErr
 }

@@ -5,6 +5,9 @@ package ermc
 import (
 	"context"
 	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 // nopTracer is a Tracer that does nothing: operations traced by it must
@@ -33,9 +36,8 @@ func TestAllocsWithTracer(t *testing.T) {
 		t.Run(proto.String()+"/counting", func(t *testing.T) {
 			ct := &countTracer{}
 			testAllocs(t, newTestClient(t, s.Addr, proto, Options{Tracer: ct}))
-			if ct.starts == 0 || ct.starts != ct.ends {
-				t.Errorf("%d OpStart, %d OpEnd", ct.starts, ct.ends)
-			}
+			assert.NotZero(t, ct.starts, "OpStart calls")
+			assert.Equal(t, ct.starts, ct.ends, "OpEnd calls, one per OpStart")
 		})
 	}
 	t.Run("typed", func(t *testing.T) {
@@ -49,11 +51,7 @@ func TestAllocsWithTracer(t *testing.T) {
 				err = e
 			}
 		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if allocs != 0 {
-			t.Errorf("SetInt+GetInt with a Tracer: %v allocs/op, want 0", allocs)
-		}
+		require.NoError(t, err)
+		assert.Zero(t, allocs, "SetInt+GetInt with a Tracer: allocs/op")
 	})
 }

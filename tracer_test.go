@@ -170,12 +170,10 @@ func TestTracerConcurrent(t *testing.T) {
 					defer wg.Done()
 					key := "c" + strconv.Itoa(g)
 					for i := 0; i < ops; i++ {
-						if err := c.Set(bg, key, []byte("v"), 0); err != nil {
-							t.Error(err)
+						if !assert.NoError(t, c.Set(bg, key, []byte("v"), 0)) {
 							return
 						}
-						if _, err := c.Get(bg, key, nil); err != nil {
-							t.Error(err)
+						if _, err := c.Get(bg, key, nil); !assert.NoError(t, err) {
 							return
 						}
 					}

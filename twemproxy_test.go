@@ -51,12 +51,9 @@ func startTwemproxy(tb testing.TB, backends ...string) *testServer {
 	for attempt := 0; attempt < 5; attempt++ {
 		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(tb)))
 		conf := filepath.Join(dir, fmt.Sprintf("nutcracker-%d.yml", attempt))
-		if err := os.WriteFile(conf, []byte(fmt.Sprintf(twemproxyConfig, addr, servers.String())), 0o600); err != nil {
-			tb.Fatal(err)
-		}
-		if out, err := exec.Command(bin, "-t", "-c", conf).CombinedOutput(); err != nil {
-			tb.Fatalf("nutcracker -t rejects the config: %v: %s", err, out)
-		}
+		require.NoError(tb, os.WriteFile(conf, []byte(fmt.Sprintf(twemproxyConfig, addr, servers.String())), 0o600))
+		out, err := exec.Command(bin, "-t", "-c", conf).CombinedOutput()
+		require.NoError(tb, err, "nutcracker -t rejects the config: %s", out)
 		args := []string{
 			"-c", conf,
 			"-o", filepath.Join(dir, "nutcracker.log"),
@@ -69,7 +66,7 @@ func startTwemproxy(tb testing.TB, backends ...string) *testServer {
 		}
 		lastErr = err
 	}
-	tb.Fatalf("nutcracker did not start: %v", lastErr)
+	require.Fail(tb, "nutcracker did not start", "%v", lastErr)
 	return nil
 }
 

@@ -359,7 +359,7 @@ func checkCloseOutcomes(t *testing.T, addr string, proto Protocol, round int) {
 		case errors.As(o.err, &ce):
 			unknown++
 		default:
-			t.Fatalf("%s: Set: %v, want nil, ErrClosed or a *ConnError", o.key, o.err)
+			require.Fail(t, "Set: want nil, ErrClosed or a *ConnError", "%s: %v", o.key, o.err)
 		}
 	}
 	require.NotZero(t, stored, "no Set completed before Close")

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -69,7 +70,7 @@ func TestUltraStressOwnership(t *testing.T) {
 						case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
 							abandoned.Add(1)
 						default:
-							t.Errorf("%s: %v", k, err)
+							assert.NoError(t, err, k)
 							return
 						}
 					}
@@ -77,15 +78,14 @@ func TestUltraStressOwnership(t *testing.T) {
 			}
 			wg.Wait()
 			t.Logf("completed %d, abandoned %d", completed.Load(), abandoned.Load())
-			if completed.Load() == 0 || abandoned.Load() == 0 {
-				t.Fatalf("the stress mix must both complete and abandon requests: %d / %d", completed.Load(), abandoned.Load())
-			}
+			require.NotZero(t, completed.Load(), "the stress mix must complete requests")
+			require.NotZero(t, abandoned.Load(), "the stress mix must abandon requests")
 			// After all that, the connections still answer correctly.
 			for i := 0; i < keys; i++ {
 				k := fmt.Sprintf("own-%d", i)
 				v, err := c.Get(bg, k, nil)
-				if err == nil && !bytes.HasPrefix(v, []byte(k+"|")) {
-					t.Fatalf("%s: got value of %q", k, v[:min(len(v), 20)])
+				if err == nil {
+					require.True(t, bytes.HasPrefix(v, []byte(k+"|")), "%s: got value of %q", k, v[:min(len(v), 20)])
 				}
 			}
 		})
@@ -136,13 +136,11 @@ func TestUltraNoreplyErrorFenced(t *testing.T) {
 			for i := 0; i < 20; i++ {
 				require.NoError(t, c.SetNoreply(bg, "too-big", bytes.Repeat([]byte("x"), 4000), 0))
 				v, err := c.Get(bg, "fenced", nil)
-				if err != nil || string(v) != "mine" {
-					t.Fatalf("after a refused noreply set, get = %q, %v", v, err)
-				}
+				require.NoError(t, err, "after a refused noreply set")
+				require.Equal(t, "mine", string(v), "after a refused noreply set")
 			}
-			if _, err := c.Get(bg, "too-big", nil); !errors.Is(err, ErrCacheMiss) {
-				t.Fatalf("the refused value must not be stored: %v", err)
-			}
+			_, err := c.Get(bg, "too-big", nil)
+			require.ErrorIs(t, err, ErrCacheMiss, "the refused value must not be stored")
 		})
 	}
 }
@@ -161,13 +159,11 @@ func TestUltraNoreplyStores(t *testing.T) {
 				require.NoError(t, c.SetNoreply(bg, "nr", []byte(fmt.Sprint(i)), 0))
 			}
 			v, err := c.Get(bg, "nr", nil)
-			if err != nil || string(v) != "99" {
-				t.Fatalf("get after 100 noreply sets = %q, %v", v, err)
-			}
+			require.NoError(t, err, "get after 100 noreply sets")
+			require.Equal(t, "99", string(v), "get after 100 noreply sets")
 			require.NoError(t, c.DeleteNoreply(bg, "nr"))
-			if _, err := c.Get(bg, "nr", nil); !errors.Is(err, ErrCacheMiss) {
-				t.Fatalf("after DeleteNoreply: %v", err)
-			}
+			_, err = c.Get(bg, "nr", nil)
+			require.ErrorIs(t, err, ErrCacheMiss, "after DeleteNoreply")
 		})
 	}
 }
@@ -187,13 +183,11 @@ func TestUltraDeepPipeline(t *testing.T) {
 					defer wg.Done()
 					for i := 0; i < 8; i++ {
 						k := fmt.Sprintf("deep-%d-%d", g, i)
-						if err := c.Set(bg, k, valueFor(k, 200_000), 0); err != nil {
-							t.Error(err)
+						if !assert.NoError(t, c.Set(bg, k, valueFor(k, 200_000), 0), k) {
 							return
 						}
 						v, err := c.Get(bg, k, nil)
-						if err != nil || !bytes.HasPrefix(v, []byte(k+"|")) || len(v) != 200_000 {
-							t.Errorf("%s: %d bytes, %v", k, len(v), err)
+						if !assert.NoError(t, err, k) || !assert.Equal(t, 200_000, len(v), k) || !assert.True(t, bytes.HasPrefix(v, []byte(k+"|")), k) {
 							return
 						}
 					}
@@ -220,16 +214,14 @@ func TestUltraStalledServer(t *testing.T) {
 					defer wg.Done()
 					_, err := c.Get(bg, "stalled", nil)
 					var ce *ConnError
-					if !errors.As(err, &ce) || !ce.Timeout() {
-						t.Errorf("want a timeout ConnError, got %v", err)
+					if assert.ErrorAs(t, err, &ce, "want a timeout ConnError") {
+						assert.True(t, ce.Timeout(), "want a timeout ConnError, got %v", err)
 					}
 				}()
 			}
 			wg.Wait()
 			_, _ = c.Get(bg, "stalled", nil)
-			if n := srv.Accepted(); n < 2 {
-				t.Fatalf("a timed-out connection must be replaced: %d accepted", n)
-			}
+			require.GreaterOrEqual(t, srv.Accepted(), 2, "a timed-out connection must be replaced: accepted")
 		})
 	}
 }
@@ -254,25 +246,22 @@ func TestUltraCloseInFlight(t *testing.T) {
 			// Close once every request was sent (the timeouts may be
 			// failing the first ones meanwhile: they were sent all the same).
 			for deadline := time.Now().Add(hangGuard); countKeys(srv, "k") < 16; time.Sleep(time.Millisecond) {
-				if time.Now().After(deadline) {
-					t.Fatalf("the server read %d of the 16 requests", countKeys(srv, "k"))
-				}
+				require.False(t, time.Now().After(deadline), "the server read %d of the 16 requests", countKeys(srv, "k"))
 			}
 			c.Close()
 			for g := 0; g < 16; g++ {
 				select {
 				case err := <-errs:
 					var ce *ConnError
-					if !errors.As(err, &ce) || !ce.Timeout() || errors.Is(err, ErrClosed) {
-						t.Fatalf("a request sent before Close: %v, want the Timeout's *ConnError", err)
-					}
+					require.ErrorAs(t, err, &ce, "a request sent before Close: want the Timeout's *ConnError")
+					require.True(t, ce.Timeout(), "a request sent before Close: %v, want the Timeout's *ConnError", err)
+					require.NotErrorIs(t, err, ErrClosed, "a request sent before Close")
 				case <-time.After(10 * time.Second): // hang guard only
-					t.Fatal("request still waiting after Close")
+					require.Fail(t, "request still waiting after Close")
 				}
 			}
-			if _, err := c.Get(bg, "k", nil); !errors.Is(err, ErrClosed) {
-				t.Fatalf("after Close: %v", err)
-			}
+			_, err = c.Get(bg, "k", nil)
+			require.ErrorIs(t, err, ErrClosed, "after Close")
 		})
 	}
 }
@@ -284,9 +273,7 @@ func TestUltraNoreplyOnTextIsPlain(t *testing.T) {
 	c := newTestClient(t, s.Addr, Text, Options{})
 	require.NoError(t, c.SetNoreply(bg, "p", []byte("v"), 0))
 	require.ErrorIs(t, c.DeleteNoreply(bg, "absent"), ErrCacheMiss, "DeleteNoreply on text reports the outcome")
-	if !strings.Contains(fmt.Sprint(c.TouchNoreply(bg, "absent", time.Second)), "miss") {
-		t.Fatal("TouchNoreply on text reports the miss")
-	}
+	require.Contains(t, fmt.Sprint(c.TouchNoreply(bg, "absent", time.Second)), "miss", "TouchNoreply on text reports the miss")
 }
 
 // TestUltraCloseStopsReaders: Close while a lone request's caller is
@@ -316,20 +303,18 @@ func TestUltraCloseStopsReaders(t *testing.T) {
 		select {
 		case err := <-done:
 			var ce *ConnError
-			if !errors.As(err, &ce) || !ce.Timeout() || errors.Is(err, ErrClosed) {
-				t.Fatalf("a read in flight at Close: %v, want the Timeout's *ConnError", err)
-			}
+			require.ErrorAs(t, err, &ce, "a read in flight at Close: want the Timeout's *ConnError")
+			require.True(t, ce.Timeout(), "a read in flight at Close: %v, want the Timeout's *ConnError", err)
+			require.NotErrorIs(t, err, ErrClosed, "a read in flight at Close")
 		case <-time.After(10 * time.Second): // hang guard only
-			t.Fatal("Close did not end the direct read")
+			require.Fail(t, "Close did not end the direct read")
 		}
 	}
 	deadline := time.Now().Add(10 * time.Second) // hang guard only
 	for runtime.NumGoroutine() > before+2 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	if n := runtime.NumGoroutine(); n > before+2 {
-		t.Fatalf("%d goroutines after closing 10 clients, %d before", n, before)
-	}
+	require.LessOrEqual(t, runtime.NumGoroutine(), before+2, "goroutines after closing 10 clients, %d before", before)
 }
 
 // startSilentServer is a fake server that reads every request and never
@@ -376,30 +361,29 @@ func TestCombinedGets(t *testing.T) {
 	set := &request{op: opSet, key: "s", value: []byte("v"), wake: make(chan struct{}, 1)}
 	ln := &lane{u: &pipeDriver{d: dialer{codec: textCodec}}}
 	wire, reqs := ln.encodeBatch(nil, []*request{a, b, a2, set, c})
-	if string(wire) != "get a b a\r\nset s 0 0 1\r\nv\r\nget c\r\n" {
-		t.Fatalf("wire = %q", wire)
-	}
-	if len(reqs) != 3 || reqs[0].op != opGetBatch || reqs[1] != set || reqs[2] != c {
-		t.Fatalf("wire order: %d requests, first op %d", len(reqs), reqs[0].op)
-	}
+	require.Equal(t, "get a b a\r\nset s 0 0 1\r\nv\r\nget c\r\n", string(wire), "wire")
+	require.Len(t, reqs, 3, "wire order")
+	require.Equal(t, opGetBatch, reqs[0].op, "wire order: first op")
+	require.Same(t, set, reqs[1], "wire order")
+	require.Same(t, c, reqs[2], "wire order")
 	batch := reqs[0]
 	reply := []byte("VALUE a 0 2\r\nA1\r\nVALUE a 0 2\r\nA2\r\nEND\r\n")
 	n, done, err := parseTextReply(batch, reply)
-	if err != nil || !done || n != len(reply) {
-		t.Fatalf("parse: n=%d done=%v err=%v", n, done, err)
-	}
+	require.NoError(t, err, "parse")
+	require.True(t, done, "parse: done")
+	require.Equal(t, len(reply), n, "parse: bytes used")
 	ln.completeMembers(batch, nil)
-	if string(a.dst) != "A1" || a.err != nil || string(a2.dst) != "A2" || a2.err != nil {
-		t.Fatalf("a=%q %v, a2=%q %v", a.dst, a.err, a2.dst, a2.err)
-	}
-	if !errors.Is(b.err, ErrCacheMiss) || len(b.dst) != 0 {
-		t.Fatalf("b: %q %v, want a miss", b.dst, b.err)
-	}
+	require.NoError(t, a.err, "a")
+	require.Equal(t, "A1", string(a.dst), "a")
+	require.NoError(t, a2.err, "a2")
+	require.Equal(t, "A2", string(a2.dst), "a2")
+	require.ErrorIs(t, b.err, ErrCacheMiss, "b: want a miss")
+	require.Empty(t, b.dst, "b: want a miss")
 	for _, m := range []*request{a, b, a2} {
 		select {
 		case <-m.wake:
 		default:
-			t.Fatalf("member %s not woken", m.key)
+			require.Fail(t, "member not woken", m.key)
 		}
 	}
 }
@@ -410,18 +394,16 @@ func TestCombinedGets(t *testing.T) {
 func TestCombinedGetsServerError(t *testing.T) {
 	x, y := newGet("x"), newGet("y")
 	batch := combineGets([]*request{x, y})
-	if _, done, err := parseTextReply(batch, []byte("SERVER_ERROR out of memory\r\n")); err != nil || !done {
-		t.Fatalf("done=%v err=%v", done, err)
-	}
+	_, done, err := parseTextReply(batch, []byte("SERVER_ERROR out of memory\r\n"))
+	require.NoError(t, err, "parse")
+	require.True(t, done, "parse: done")
 	(&lane{}).completeMembers(batch, nil)
 	var se *ServerError
-	if !errors.As(x.err, &se) || !errors.As(y.err, &se) {
-		t.Fatalf("x: %v, y: %v", x.err, y.err)
-	}
+	require.ErrorAs(t, x.err, &se, "x")
+	require.ErrorAs(t, y.err, &se, "y")
 	other := combineGets([]*request{newGet("p"), newGet("q")})
-	if _, _, err := parseTextReply(other, []byte("VALUE z 0 1\r\nZ\r\nEND\r\n")); !errors.Is(err, ErrProtocol) {
-		t.Fatalf("VALUE for an unasked key: %v", err)
-	}
+	_, _, err = parseTextReply(other, []byte("VALUE z 0 1\r\nZ\r\nEND\r\n"))
+	require.ErrorIs(t, err, ErrProtocol, "VALUE for an unasked key")
 }
 
 // TestCombinedGetLeaves: a member whose caller gives up is replaced inside
@@ -433,18 +415,13 @@ func TestCombinedGetLeaves(t *testing.T) {
 	batch := combineGets([]*request{m1, m2})
 	var q ring
 	q.push(batch)
-	if !q.replace(m1, newSink(m1)) {
-		t.Fatal("a member in a queued batch cannot be replaced")
-	}
+	require.True(t, q.replace(m1, newSink(m1)), "a member in a queued batch cannot be replaced")
 	reply := []byte("VALUE k1 0 3\r\nONE\r\nVALUE k2 0 3\r\nTWO\r\nEND\r\n")
-	if _, done, err := parseTextReply(batch, reply); err != nil || !done {
-		t.Fatalf("done=%v err=%v", done, err)
-	}
-	if len(m1.dst) != 0 || string(m1.dst[:3]) == "ONE" {
-		t.Fatalf("the departed caller's buffer was written: %q", m1.dst[:3])
-	}
+	_, done, err := parseTextReply(batch, reply)
+	require.NoError(t, err, "parse")
+	require.True(t, done, "parse: done")
+	require.Empty(t, m1.dst, "the departed caller's buffer was written")
+	require.NotEqual(t, "ONE", string(m1.dst[:3]), "the departed caller's buffer was written")
 	(&lane{}).completeMembers(batch, nil)
-	if string(m2.dst) != "TWO" {
-		t.Fatalf("m2 = %q", m2.dst)
-	}
+	require.Equal(t, "TWO", string(m2.dst), "m2")
 }
