@@ -109,7 +109,7 @@ func (rep *LatencyReport) harnessNote() string {
 		if c == HarnessClient {
 			return fmt.Sprintf(" %q is the same open loop with calls that return at once, no client and no server: "+
 				"how late the load generator itself starts requests on this machine at that rate, a floor under every client's figures. "+
-				"Workers sleep until a request falls due on timerfds, since Go's timers wake an idle process on a 1 ms grid.",
+				"Workers sleep until a request falls due on one timerfd, since Go's timers wake an idle process on a 1 ms grid.",
 				HarnessClient)
 		}
 	}

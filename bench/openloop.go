@@ -51,52 +51,28 @@ type schedClock interface {
 	sleepUntil(t time.Duration)
 }
 
-// realClock is the wall clock from start; workers sleep on a pool of
-// timers, one per worker (precisesleep_linux.go says why not time.Sleep).
+// realClock is the wall clock from start; workers sleep on its alarms.
 type realClock struct {
-	start    time.Time
-	sleepers chan *sleeper
+	start  time.Time
+	alarms *alarms
 }
 
 func newRealClock(workers int) (*realClock, error) {
-	c := &realClock{sleepers: make(chan *sleeper, workers)}
-	for range workers {
-		s, err := newSleeper()
-		if err != nil {
-			c.close()
-			return nil, err
-		}
-		c.sleepers <- s
+	c := &realClock{start: time.Now()}
+	a, err := newAlarms(c.now, workers)
+	if err != nil {
+		return nil, err
 	}
-	c.start = time.Now()
+	c.alarms = a
 	return c, nil
 }
 
 func (c *realClock) now() time.Duration { return time.Since(c.start) }
 
 // sleepUntil returns once now() >= t, never before.
-func (c *realClock) sleepUntil(t time.Duration) {
-	d := t - c.now()
-	if d <= 0 {
-		return
-	}
-	s := <-c.sleepers
-	for ; d > 0; d = t - c.now() {
-		s.sleep(d)
-	}
-	c.sleepers <- s
-}
+func (c *realClock) sleepUntil(t time.Duration) { c.alarms.sleepUntil(t) }
 
-func (c *realClock) close() {
-	for {
-		select {
-		case s := <-c.sleepers:
-			s.close()
-		default:
-			return
-		}
-	}
-}
+func (c *realClock) close() { c.alarms.close() }
 
 // Latencies are recorded in microseconds, from 1µs to a minute, to three
 // significant digits.

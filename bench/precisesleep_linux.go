@@ -18,29 +18,30 @@ import (
 // P until the runtime's monitor takes it back, milliseconds later on an
 // idle process).
 
-// sleeper is one worker's timerfd.
-type sleeper struct {
+// hwTimer is a timerfd: arm sets when it fires, wait blocks until it has.
+type hwTimer struct {
 	f   *os.File // non-blocking, so reads park on the runtime's poller
 	buf [8]byte  // the expiry count a read returns
 }
 
-func newSleeper() (*sleeper, error) {
+func newHWTimer() (*hwTimer, error) {
 	fd, err := unix.TimerfdCreate(unix.CLOCK_MONOTONIC, unix.TFD_NONBLOCK|unix.TFD_CLOEXEC)
 	if err != nil {
 		return nil, os.NewSyscallError("timerfd_create", err)
 	}
-	return &sleeper{f: os.NewFile(uintptr(fd), "timerfd")}, nil
+	return &hwTimer{f: os.NewFile(uintptr(fd), "timerfd")}, nil
 }
 
-// sleep waits d (> 0), or returns at once if the timer cannot be used;
-// the caller checks the clock again.
-func (s *sleeper) sleep(d time.Duration) {
-	spec := unix.ItimerSpec{Value: unix.NsecToTimespec(int64(d))}
-	if err := unix.TimerfdSettime(int(s.f.Fd()), 0, &spec, nil); err != nil {
-		time.Sleep(d)
-		return
-	}
-	_, _ = s.f.Read(s.buf[:])
+// arm makes the timer fire in d (> 0), replacing any earlier setting.
+func (t *hwTimer) arm(d time.Duration) error {
+	spec := unix.ItimerSpec{Value: unix.NsecToTimespec(int64(max(d, 1)))}
+	return os.NewSyscallError("timerfd_settime", unix.TimerfdSettime(int(t.f.Fd()), 0, &spec, nil))
 }
 
-func (s *sleeper) close() { s.f.Close() }
+// wait returns when the timer has fired, or an error once it is closed.
+func (t *hwTimer) wait() error {
+	_, err := t.f.Read(t.buf[:])
+	return err
+}
+
+func (t *hwTimer) close() { t.f.Close() }

@@ -2,13 +2,32 @@
 
 package bench
 
-import "time"
+import (
+	"errors"
+	"time"
+)
 
-// sleeper falls back on time.Sleep where there is no timerfd.
-type sleeper struct{}
+// hwTimer falls back on a Go timer where there is no timerfd.
+type hwTimer struct {
+	t    *time.Timer
+	done chan struct{}
+}
 
-func newSleeper() (*sleeper, error) { return &sleeper{}, nil }
+func newHWTimer() (*hwTimer, error) {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	return &hwTimer{t: t, done: make(chan struct{})}, nil
+}
 
-func (*sleeper) sleep(d time.Duration) { time.Sleep(d) }
+func (t *hwTimer) arm(d time.Duration) error { t.t.Reset(d); return nil }
 
-func (*sleeper) close() {}
+func (t *hwTimer) wait() error {
+	select {
+	case <-t.t.C:
+		return nil
+	case <-t.done:
+		return errors.New("timer closed")
+	}
+}
+
+func (t *hwTimer) close() { t.t.Stop(); close(t.done) }
