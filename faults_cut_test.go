@@ -22,9 +22,7 @@ import (
 // that may have been carried out is not.
 
 func TestFaultEOFMidReply(t *testing.T) {
-	for _, proto := range wireDrivers {
-		t.Run(proto.String(), func(t *testing.T) { testFaultEOFMidReply(t, proto) })
-	}
+	forEachProto(t, wireDrivers, testFaultEOFMidReply)
 }
 
 func testFaultEOFMidReply(t *testing.T, proto Protocol) {

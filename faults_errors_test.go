@@ -16,9 +16,7 @@ import (
 // connection is kept unless the server's state after the line is unknown.
 
 func TestFaultErrorReplies(t *testing.T) {
-	for _, proto := range textDrivers {
-		t.Run(proto.String(), func(t *testing.T) { testFaultErrorReplies(t, proto) })
-	}
+	forEachProto(t, textDrivers, testFaultErrorReplies)
 }
 
 func testFaultErrorReplies(t *testing.T, proto Protocol) {

@@ -21,9 +21,7 @@ import (
 // delivered, and the connection is discarded.
 
 func TestFaultMalformedReplies(t *testing.T) {
-	for _, proto := range textDrivers {
-		t.Run(proto.String(), func(t *testing.T) { testFaultMalformedReplies(t, proto) })
-	}
+	forEachProto(t, textDrivers, testFaultMalformedReplies)
 }
 
 func testFaultMalformedReplies(t *testing.T, proto Protocol) {

@@ -21,9 +21,7 @@ import (
 // request leaves a sink behind), and nothing of a late reply is read.
 
 func TestFaultStallTimesOut(t *testing.T) {
-	for _, proto := range wireDrivers {
-		t.Run(proto.String(), func(t *testing.T) { testFaultStallTimesOut(t, proto) })
-	}
+	forEachProto(t, wireDrivers, testFaultStallTimesOut)
 }
 
 func testFaultStallTimesOut(t *testing.T, proto Protocol) {
@@ -76,9 +74,7 @@ func TestFaultStallWithErrorAsMiss(t *testing.T) {
 // cancellation interrupts the request wherever it is and costs the
 // connection. (Ultra keeps the connection: TestUltraCanceledMidRequest.)
 func TestFaultContextCanceledMidRequest(t *testing.T) {
-	for _, proto := range []Protocol{Text, Binary} {
-		t.Run(proto.String(), func(t *testing.T) { testFaultContextCanceledMidRequest(t, proto) })
-	}
+	forEachProto(t, []Protocol{Text, Binary}, testFaultContextCanceledMidRequest)
 }
 
 func testFaultContextCanceledMidRequest(t *testing.T, proto Protocol) {
