@@ -21,6 +21,7 @@ type alarms struct {
 	mu     sync.Mutex
 	queue  alarmQueue
 	armed  time.Duration // when the timer fires; 0: not armed
+	fired  time.Duration // when it last fired
 	closed bool
 	done   chan struct{} // closed when the firing loop has returned
 }
@@ -56,8 +57,8 @@ func (a *alarms) sleepUntil(t time.Duration) {
 		return
 	}
 	heap.Push(&a.queue, alarm{at: t, wake: wake})
-	if a.armed == 0 || t < a.armed {
-		a.armLocked(t)
+	if at := max(t, a.fired+alarmQuantum); a.armed == 0 || at < a.armed {
+		a.armLocked(at)
 	}
 	a.mu.Unlock()
 	<-wake
@@ -78,12 +79,13 @@ func (a *alarms) fire() {
 	for a.timer.wait() == nil {
 		a.mu.Lock()
 		now := a.clock()
+		a.fired = now
 		for len(a.queue) > 0 && a.queue[0].at <= now {
 			heap.Pop(&a.queue).(alarm).wake <- struct{}{}
 		}
 		a.armed = 0
 		if len(a.queue) > 0 {
-			a.armLocked(max(a.queue[0].at, now+alarmQuantum))
+			a.armLocked(max(a.queue[0].at, a.fired+alarmQuantum))
 		}
 		a.mu.Unlock()
 	}

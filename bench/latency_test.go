@@ -188,7 +188,6 @@ func TestOpenLoopWorkersCap(t *testing.T) {
 		mu.Unlock()
 		return nil
 	}
-	go func() { time.Sleep(150 * time.Millisecond); close(release) }()
 	h := newHist()
 	hists := []*hdrhistogram.Histogram{h, newHist(), newHist(), newHist()}
 	clk, err := newRealClock(workers)
@@ -196,6 +195,8 @@ func TestOpenLoopWorkersCap(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer clk.close()
+	// Released at 150ms on the run's own clock, never before.
+	go func() { time.Sleep(150*time.Millisecond - clk.now()); close(release) }()
 	res := runOpenLoop(clk, newSchedule(1000), 200*time.Millisecond, workers, op, hists)
 	if peak > workers {
 		t.Errorf("%d requests outstanding at once, cap %d", peak, workers)
