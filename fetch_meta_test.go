@@ -64,9 +64,7 @@ func TestFetchMetaOneLoadAcrossClients(t *testing.T) {
 	}
 	close(l.release)
 	for _, ch := range results {
-		r := await(t, ch)
-		require.NoError(t, r.err)
-		require.Equal(t, "once", r.value)
+		requireFetched(t, ch, "once")
 	}
 	require.EqualValues(t, 1, l.loads.Load(), "loads by %d callers in %d clients", procs*perClient, procs)
 	for _, c := range clients {
@@ -90,18 +88,14 @@ func TestFetchMetaStaleWhileReload(t *testing.T) {
 	awaitLoad(t, l)
 	for _, c := range clients { // a too: a second caller of the reloading client
 		for i := 0; i < 3; i++ {
-			r := await(t, fetchAsync(bg, c, "fm:stale", opts, l.load)) // returns while the reload is held
-			require.NoError(t, r.err)
-			require.Equal(t, "v1", r.value)
+			requireFetched(t, fetchAsync(bg, c, "fm:stale", opts, l.load), "v1") // returns while the reload is held
 		}
 		v, err := c.Get(bg, "fm:stale", nil)
 		require.NoError(t, err)
 		require.Equal(t, "v1", string(v), "an invalidated item stays readable")
 	}
 	close(l.release)
-	r := await(t, reload)
-	require.NoError(t, r.err)
-	require.Equal(t, "v2", r.value)
+	requireFetched(t, reload, "v2")
 	for _, c := range clients {
 		v, err := c.Fetch(bg, "fm:stale", nil, opts, l.load)
 		require.NoError(t, err)
@@ -130,14 +124,10 @@ func TestFetchMetaRefreshBefore(t *testing.T) {
 	refresh := fetchAsync(bg, a, "fm:r", opts, l.load)
 	awaitLoad(t, l)
 	for _, c := range clients {
-		r := await(t, fetchAsync(bg, c, "fm:r", opts, l.load)) // returns while the refresh is held
-		require.NoError(t, r.err)
-		require.Equal(t, "v1", r.value)
+		requireFetched(t, fetchAsync(bg, c, "fm:r", opts, l.load), "v1") // returns while the refresh is held
 	}
 	close(l.release)
-	r := await(t, refresh)
-	require.NoError(t, r.err)
-	require.Equal(t, "v2", r.value)
+	requireFetched(t, refresh, "v2")
 	v, err := b.Fetch(bg, "fm:r", nil, opts, l.load)
 	require.NoError(t, err)
 	require.Equal(t, "v2", string(v), "stored with TTL 1h: no refresh due")
@@ -212,9 +202,7 @@ func TestFetchMetaLeaseExpires(t *testing.T) {
 	require.EqualValues(t, 1, l.loads.Load())
 
 	close(stuck.release) // the old holder's value, stored under its lease, must not replace the newer one
-	r := await(t, holder)
-	require.NoError(t, r.err)
-	require.Equal(t, "late", r.value)
+	requireFetched(t, holder, "late")
 	got, err := b.Get(bg, "fm:lease", nil)
 	require.NoError(t, err)
 	require.Equal(t, "after the lease", string(got))
@@ -238,21 +226,15 @@ func TestFetchMetaWaiterContext(t *testing.T) {
 	patient := fetchAsync(bg, b, "fm:ctx", opts, l.load)
 	awaitWaiters(t, b, "fm:ctx", 1)
 	cancel()
-	r := await(t, poller)
-	require.ErrorIs(t, r.err, context.Canceled)
-	require.Empty(t, r.value)
+	requireFetchFailed(t, poller, context.Canceled)
 
 	timeout, cancelTimeout := context.WithTimeout(bg, 50*time.Millisecond)
 	defer cancelTimeout()
-	r = await(t, fetchAsync(timeout, b, "fm:ctx", opts, l.load))
-	require.ErrorIs(t, r.err, context.DeadlineExceeded)
-	require.Empty(t, r.value)
+	requireFetchFailed(t, fetchAsync(timeout, b, "fm:ctx", opts, l.load), context.DeadlineExceeded)
 
 	close(l.release)
 	for _, ch := range []<-chan fetchResult{holder, patient} {
-		r := await(t, ch)
-		require.NoError(t, r.err)
-		require.Equal(t, "v", r.value)
+		requireFetched(t, ch, "v")
 	}
 	require.EqualValues(t, 1, l.loads.Load())
 	require.Zero(t, b.fetches.size())

@@ -69,6 +69,24 @@ type fetchResult struct {
 	err   error
 }
 
+// requireFetched waits for a Fetch started by fetchAsync and requires
+// that it returned want.
+func requireFetched(t *testing.T, ch <-chan fetchResult, want string) {
+	t.Helper()
+	r := await(t, ch)
+	require.NoError(t, r.err)
+	require.Equal(t, want, r.value)
+}
+
+// requireFetchFailed waits for a Fetch started by fetchAsync and requires
+// that it failed with target and returned no value.
+func requireFetchFailed(t *testing.T, ch <-chan fetchResult, target error) {
+	t.Helper()
+	r := await(t, ch)
+	require.ErrorIs(t, r.err, target)
+	require.Empty(t, r.value)
+}
+
 // fetchAsync runs Fetch in a goroutine; its result arrives on the channel.
 func fetchAsync(ctx context.Context, c *Client, key string, opts FetchOptions, load func(context.Context, []byte) ([]byte, error)) <-chan fetchResult {
 	out := make(chan fetchResult, 1)
@@ -142,9 +160,7 @@ func TestFetchSharesOneLoad(t *testing.T) {
 		awaitWaiters(t, c, "f:one", n-1)
 		close(l.release)
 		for _, ch := range results {
-			r := await(t, ch)
-			require.NoError(t, r.err)
-			require.Equal(t, "shared", r.value)
+			requireFetched(t, ch, "shared")
 		}
 		require.EqualValues(t, 1, l.loads.Load())
 		require.Zero(t, c.fetches.size(), "no entry outlives its load")
@@ -187,20 +203,14 @@ func TestFetchWaiterContext(t *testing.T) {
 		waiter := fetchAsync(ctx, c, "f:ctx", FetchOptions{}, l.load)
 		awaitWaiters(t, c, "f:ctx", 1)
 		cancel()
-		r := await(t, waiter)
-		require.ErrorIs(t, r.err, context.Canceled)
-		require.Empty(t, r.value)
+		requireFetchFailed(t, waiter, context.Canceled)
 
 		timeout, cancelTimeout := context.WithTimeout(bg, 50*time.Millisecond)
 		defer cancelTimeout()
-		r = await(t, fetchAsync(timeout, c, "f:ctx", FetchOptions{}, l.load))
-		require.ErrorIs(t, r.err, context.DeadlineExceeded)
-		require.Empty(t, r.value)
+		requireFetchFailed(t, fetchAsync(timeout, c, "f:ctx", FetchOptions{}, l.load), context.DeadlineExceeded)
 
 		close(l.release)
-		r = await(t, leader)
-		require.NoError(t, r.err)
-		require.Equal(t, "late", r.value)
+		requireFetched(t, leader, "late")
 		require.EqualValues(t, 1, l.loads.Load())
 		require.Zero(t, c.fetches.size())
 	})
@@ -220,9 +230,7 @@ func TestFetchLeaderGivesUp(t *testing.T) {
 		require.ErrorIs(t, await(t, leader).err, context.Canceled)
 		awaitLoad(t, l) // the waiter's own load
 		close(l.release)
-		r := await(t, waiter)
-		require.NoError(t, r.err)
-		require.Equal(t, "second try", r.value)
+		requireFetched(t, waiter, "second try")
 		require.EqualValues(t, 2, l.loads.Load())
 		require.Zero(t, c.fetches.size())
 	})
