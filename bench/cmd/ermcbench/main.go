@@ -196,17 +196,9 @@ func compare(m bench.Machine) {
 		caps map[string]float64
 	)
 	if !*latencyOnly {
-		rep, err := bench.Run(bench.Options{
-			Addr:              *addr,
-			Transports:        splitList(*transports),
-			Workloads:         splitList(*workloads),
-			Rounds:            *rounds,
-			Duration:          *duration,
-			Warmup:            *warmup,
-			CompressThreshold: *threshold,
-			MemMode:           *memMode,
-			Progress:          os.Stderr,
-		})
+		opts := roundOptions()
+		opts.Addr, opts.Transports, opts.Workloads = *addr, splitList(*transports), splitList(*workloads)
+		rep, err := bench.Run(opts)
 		if err != nil {
 			fatalf("%v", err)
 		}
@@ -514,4 +506,17 @@ func writeProfilesReadme(dir string, m bench.Machine, server string, svgs []svgS
 		fatalf("%v", err)
 	}
 	fmt.Fprintf(os.Stderr, "wrote %s\n", path)
+}
+
+// roundOptions are the flags every closed-loop comparison shares: rounds,
+// their timing, compression and the in-memory transport's mode.
+func roundOptions() bench.Options {
+	return bench.Options{
+		Rounds:            *rounds,
+		Duration:          *duration,
+		Warmup:            *warmup,
+		CompressThreshold: *threshold,
+		MemMode:           *memMode,
+		Progress:          os.Stderr,
+	}
 }

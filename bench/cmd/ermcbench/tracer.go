@@ -3,7 +3,6 @@ package main
 import (
 	"flag"
 	"fmt"
-	"os"
 	"strings"
 
 	"github.com/ermc-go/ermc/bench"
@@ -23,15 +22,9 @@ func tracerSection() string {
 	if len(names) == 0 || names[0] == "none" {
 		return ""
 	}
-	rep, err := bench.RunTracerCost(bench.Options{
-		Workloads:         names,
-		Rounds:            *rounds,
-		Duration:          *duration,
-		Warmup:            *warmup,
-		CompressThreshold: *threshold,
-		MemMode:           *memMode,
-		Progress:          os.Stderr,
-	})
+	opts := roundOptions()
+	opts.Workloads = names
+	rep, err := bench.RunTracerCost(opts)
 	if err != nil {
 		fatalf("tracer cost: %v", err)
 	}
