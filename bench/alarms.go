@@ -18,12 +18,11 @@ type alarms struct {
 	timer *hwTimer
 	wakes chan chan struct{} // one wake channel per sleeping worker, reused
 
-	mu     sync.Mutex
-	queue  alarmQueue
-	armed  time.Duration // when the timer fires; 0: not armed
-	fired  time.Duration // when it last fired
-	closed bool
-	done   chan struct{} // closed when the firing loop has returned
+	mu    sync.Mutex
+	queue alarmQueue
+	armed time.Duration // when the timer fires; 0: not armed
+	fired time.Duration // when it last fired
+	done  chan struct{} // closed when the firing loop has returned
 }
 
 // alarmQuantum is the least time between two firings of the timer: a
@@ -50,12 +49,6 @@ func (a *alarms) sleepUntil(t time.Duration) {
 	}
 	wake := <-a.wakes
 	a.mu.Lock()
-	if a.closed {
-		a.mu.Unlock()
-		a.wakes <- wake
-		time.Sleep(t - a.clock())
-		return
-	}
 	heap.Push(&a.queue, alarm{at: t, wake: wake})
 	if at := max(t, a.fired+alarmQuantum); a.armed == 0 || at < a.armed {
 		a.armLocked(at)
@@ -65,11 +58,13 @@ func (a *alarms) sleepUntil(t time.Duration) {
 	a.wakes <- wake
 }
 
-// armLocked sets the timer for at, or as soon as it can be.
+// armLocked sets the timer for at. Arming an open timerfd cannot fail
+// but by a bug here, and a timer left unarmed would hang every sleeper:
+// say so at once.
 func (a *alarms) armLocked(at time.Duration) {
 	a.armed = at
 	if err := a.timer.arm(at - a.clock()); err != nil {
-		a.armed = 0 // cannot happen with a valid timerfd; the next sleeper re-arms
+		panic(err)
 	}
 }
 
@@ -91,11 +86,9 @@ func (a *alarms) fire() {
 	}
 }
 
-// close stops the timer; the caller has no sleeper left.
+// close stops the timer. Every sleeper has returned: runOpenLoop waits
+// for its workers first.
 func (a *alarms) close() {
-	a.mu.Lock()
-	a.closed = true
-	a.mu.Unlock()
 	a.timer.close()
 	<-a.done
 }
