@@ -5,8 +5,6 @@ import (
 	"io"
 	"runtime"
 	"time"
-
-	"github.com/HdrHistogram/hdrhistogram-go"
 )
 
 // LatencyOptions configures RunLatency: every client at several offered
@@ -86,6 +84,7 @@ type LatencyResult struct {
 	// Medians over rounds, each taken separately.
 	Achieved            float64
 	P50, P99, P999, Max time.Duration
+	StartLagP99         time.Duration
 	Errors              int64
 	FirstErr            error
 }
@@ -238,10 +237,7 @@ func RunLatency(opts LatencyOptions) (*LatencyReport, error) {
 	for _, wl := range workloads {
 		maxWorkers = max(maxWorkers, wl.Goroutines)
 	}
-	hists := make([]*hdrhistogram.Histogram, maxWorkers)
-	for i := range hists {
-		hists[i] = newHist()
-	}
+	hists := newWorkerHists(maxWorkers)
 
 	for round := 0; round < opts.Rounds; round++ {
 		for wi, wl := range workloads {
@@ -279,7 +275,7 @@ func (rep *LatencyReport) summarize() {
 	for i := range rep.Results {
 		r := &rep.Results[i]
 		var ach []float64
-		var p50, p99, p999, mx []time.Duration
+		var p50, p99, p999, mx, lag []time.Duration
 		for _, s := range r.Samples {
 			r.Errors += s.Errors
 			if r.FirstErr == nil {
@@ -287,9 +283,11 @@ func (rep *LatencyReport) summarize() {
 			}
 			ach = append(ach, s.Achieved)
 			p50, p99, p999, mx = append(p50, s.P50), append(p99, s.P99), append(p999, s.P999), append(mx, s.Max)
+			lag = append(lag, s.StartLagP99)
 		}
 		r.Achieved = median(ach)
 		r.P50, r.P99, r.P999, r.Max = medianDuration(p50), medianDuration(p99), medianDuration(p999), medianDuration(mx)
+		r.StartLagP99 = medianDuration(lag)
 	}
 }
 

@@ -84,10 +84,11 @@ func histCount(h *hdrhistogram.Histogram, atLeast time.Duration) int64 {
 func TestOpenLoopStallCounts(t *testing.T) {
 	clk := &fakeClock{}
 	op, calls := stallingOp(clk, 100*time.Millisecond)
-	h := newHist()
+	hists := newWorkerHists(1)
+	h := hists[0].latency
 	// 1000/s for 200ms: requests due every 1ms; request 0 takes 100ms, so
 	// request i < 100 is sent at 100ms and waits 100-i ms.
-	res := runOpenLoop(clk, newSchedule(1000), 200*time.Millisecond, 1, op, []*hdrhistogram.Histogram{h})
+	res := runOpenLoop(clk, newSchedule(1000), 200*time.Millisecond, 1, op, hists)
 	if res.sent != 200 || res.unsent != 0 || *calls != 200 {
 		t.Fatalf("sent %d, unsent %d, calls %d; want 200, 0, 200", res.sent, res.unsent, *calls)
 	}
@@ -98,6 +99,12 @@ func TestOpenLoopStallCounts(t *testing.T) {
 	// Timed from the send, only request 0 would be there.
 	if n := histCount(h, 50*time.Millisecond); n != 51 {
 		t.Errorf("%d latencies of 50ms or more, want 51", n)
+	}
+	// Started late: requests 1..99 by 99..1ms; request 0 started on time,
+	// its own 100ms is latency, not lateness.
+	lag := hists[0].startLag
+	if n := histCount(lag, 50*time.Millisecond); lag.TotalCount() != 200 || n != 50 || !near(time.Duration(lag.Max())*time.Microsecond, 99*time.Millisecond) {
+		t.Errorf("start lags: %d recorded, %d of 50ms or more, max %dµs; want 200, 50, 99ms", lag.TotalCount(), n, lag.Max())
 	}
 	var s LatencySample
 	s.percentiles(h)
@@ -114,8 +121,9 @@ func TestOpenLoopStallCounts(t *testing.T) {
 func TestOpenLoopUnsentCount(t *testing.T) {
 	clk := &fakeClock{}
 	op, calls := stallingOp(clk, 500*time.Millisecond)
-	h := newHist()
-	res := runOpenLoop(clk, newSchedule(1000), 200*time.Millisecond, 1, op, []*hdrhistogram.Histogram{h})
+	hists := newWorkerHists(1)
+	h := hists[0].latency
+	res := runOpenLoop(clk, newSchedule(1000), 200*time.Millisecond, 1, op, hists)
 	if res.sent != 1 || res.unsent != 199 || *calls != 1 {
 		t.Fatalf("sent %d, unsent %d, calls %d; want 1, 199, 1", res.sent, res.unsent, *calls)
 	}
@@ -147,8 +155,9 @@ func TestOpenLoopOnTime(t *testing.T) {
 		}
 		return nil
 	}
-	h := newHist()
-	res := runOpenLoop(clk, newSchedule(2000), 100*time.Millisecond, 1, op, []*hdrhistogram.Histogram{h})
+	hists := newWorkerHists(1)
+	h := hists[0].latency
+	res := runOpenLoop(clk, newSchedule(2000), 100*time.Millisecond, 1, op, hists)
 	if res.sent != 200 || res.unsent != 0 || res.errors != 20 || res.firstErr != errBoom {
 		t.Fatalf("sent %d, unsent %d, errors %d (%v); want 200, 0, 20", res.sent, res.unsent, res.errors, res.firstErr)
 	}
@@ -157,6 +166,9 @@ func TestOpenLoopOnTime(t *testing.T) {
 	}
 	if h.TotalCount() != 200 || h.Max() != 100 || h.Min() != 100 {
 		t.Errorf("latencies: %d from %dµs to %dµs, want 200 of 100µs", h.TotalCount(), h.Min(), h.Max())
+	}
+	if lag := hists[0].startLag; lag.TotalCount() != 200 || lag.Max() != 0 {
+		t.Errorf("start lags: %d, the largest %dµs; want 200, all 0", lag.TotalCount(), lag.Max())
 	}
 	if res := runOpenLoop(&fakeClock{}, newSchedule(2000), 100*time.Millisecond, 1, func(int) error { return nil }, nil); res.sent != 200 {
 		t.Errorf("warm-up sent %d, want 200", res.sent)
@@ -188,8 +200,8 @@ func TestOpenLoopWorkersCap(t *testing.T) {
 		mu.Unlock()
 		return nil
 	}
-	h := newHist()
-	hists := []*hdrhistogram.Histogram{h, newHist(), newHist(), newHist()}
+	hists := newWorkerHists(workers)
+	h := hists[0].latency
 	clk, err := newRealClock(workers)
 	if err != nil {
 		t.Fatal(err)
@@ -202,7 +214,7 @@ func TestOpenLoopWorkersCap(t *testing.T) {
 		t.Errorf("%d requests outstanding at once, cap %d", peak, workers)
 	}
 	for _, x := range hists[1:] {
-		h.Merge(x)
+		h.Merge(x.latency)
 	}
 	if h.TotalCount() != res.sent+res.unsent || res.sent+res.unsent != 200 {
 		t.Errorf("sent %d + unsent %d, %d recorded; want 200 recorded", res.sent, res.unsent, h.TotalCount())
@@ -283,7 +295,7 @@ func TestLatencyReport(t *testing.T) {
 			for round, p99 := range []float64{3, 1, 2} {
 				x := p99 * load * float64(i+1)
 				r.Samples = append(r.Samples, LatencySample{Offered: r.Offered, Achieved: r.Offered - float64(round),
-					P50: ms(x / 10), P99: ms(x), P999: ms(x * 2), Max: ms(x * 3)})
+					P50: ms(x / 10), P99: ms(x), P999: ms(x * 2), Max: ms(x * 3), StartLagP99: ms(x / 20)})
 			}
 			rep.Results = append(rep.Results, r)
 		}
@@ -303,7 +315,7 @@ func TestLatencyReport(t *testing.T) {
 		}
 	}
 	table := rep.LatencyTable("Get100B/64g")
-	for _, want := range []string{"| 100% (100k/s) | gomemcache | 100k | 200µs | 2ms | 4ms | 6ms | 1ms – 3ms |", "|  | ermc-text | 100k | 400µs | 4ms | 8ms | 12ms | 2ms – 6ms |"} {
+	for _, want := range []string{"| 100% (100k/s) | gomemcache | 100k | 200µs | 2ms | 4ms | 6ms | 100µs | - | 1ms – 3ms |", "|  | ermc-text | 100k | 400µs | 4ms | 8ms | 12ms | 200µs | 0 of 3 | 2ms – 6ms |"} {
 		if !strings.Contains(table, want) {
 			t.Errorf("table lacks %q:\n%s", want, table)
 		}
@@ -341,6 +353,35 @@ func TestLatencyReport(t *testing.T) {
 	}
 	if strings.Contains(svg, ">100µs</text>") || strings.Contains(svg, ">100ms</text>") {
 		t.Errorf("chart's y axis goes beyond 1ms..10ms")
+	}
+}
+
+// TestRoundsAtOrBelowBaseline: a client is compared with gomemcache round
+// by round, ties counting for it, and neither gomemcache nor the harness
+// is compared with itself.
+func TestRoundsAtOrBelowBaseline(t *testing.T) {
+	p99s := map[string][]time.Duration{
+		"gomemcache":  {3, 1, 2, 5},
+		"ermc-text":   {2, 4, 2, 6}, // below, above, tie, above
+		HarnessClient: {0, 0, 0, 0},
+	}
+	rep := &LatencyReport{}
+	for c, xs := range p99s {
+		r := LatencyResult{Workload: "Get100B/64g", Client: c, Load: 0.5}
+		for _, x := range xs {
+			r.Samples = append(r.Samples, LatencySample{P99: x * time.Millisecond})
+		}
+		rep.Results = append(rep.Results, r)
+	}
+	for c, want := range map[string]string{"ermc-text": "2 of 4", "gomemcache": "-", HarnessClient: "-"} {
+		if got := rep.roundsAtOrBelowBaseline(rep.Result("Get100B/64g", 0.5, c)); got != want {
+			t.Errorf("%s: %q, want %q", c, got, want)
+		}
+	}
+	alone := &LatencyReport{Results: []LatencyResult{rep.Results[0]}}
+	alone.Results[0].Client = "ermc-binary"
+	if got := alone.roundsAtOrBelowBaseline(&alone.Results[0]); got != "-" {
+		t.Errorf("without gomemcache in the run: %q, want -", got)
 	}
 }
 

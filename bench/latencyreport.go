@@ -27,12 +27,32 @@ func latencySpread(samples []LatencySample) string {
 	return fmtLatency(lo) + " – " + fmtLatency(hi)
 }
 
+// roundsAtOrBelowBaseline says in how many rounds r's p99 was at or below
+// gomemcache's in the same round ("4 of 5"): the clients ran in each
+// round one after the other, on the same machine in the same state, so a
+// pairwise count shows an edge (or its absence) that the medians of a few
+// noisy rounds may hide. "-" for gomemcache itself and the harness.
+func (rep *LatencyReport) roundsAtOrBelowBaseline(r *LatencyResult) string {
+	base := rep.Result(r.Workload, r.Load, "gomemcache")
+	if base == nil || r.Client == base.Client || r.Client == HarnessClient {
+		return "-"
+	}
+	n := min(len(r.Samples), len(base.Samples)) // sample i is round i for both
+	k := 0
+	for i := range n {
+		if r.Samples[i].P99 <= base.Samples[i].P99 {
+			k++
+		}
+	}
+	return fmt.Sprintf("%d of %d", k, n)
+}
+
 // LatencyTable is the markdown table of one workload's medians: a row per
 // offered rate and client.
 func (rep *LatencyReport) LatencyTable(workload string) string {
 	var b strings.Builder
-	b.WriteString("| offered | client | done/s | p50 | p99 | p99.9 | max | p99 range over rounds |\n")
-	b.WriteString("|---|---|---:|---:|---:|---:|---:|---:|\n")
+	b.WriteString("| offered | client | done/s | p50 | p99 | p99.9 | max | started late, p99 | rounds with p99 ≤ gomemcache's | p99 range over rounds |\n")
+	b.WriteString("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, load := range rep.Options.Loads {
 		first := true
 		for _, c := range rep.Options.Clients {
@@ -48,8 +68,9 @@ func (rep *LatencyReport) LatencyTable(workload string) string {
 			if r.Errors > 0 {
 				client += fmt.Sprintf(" (%d errors)", r.Errors)
 			}
-			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s |\n", offered, client, Human(r.Achieved),
-				fmtLatency(r.P50), fmtLatency(r.P99), fmtLatency(r.P999), fmtLatency(r.Max), latencySpread(r.Samples))
+			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", offered, client, Human(r.Achieved),
+				fmtLatency(r.P50), fmtLatency(r.P99), fmtLatency(r.P999), fmtLatency(r.Max),
+				fmtLatency(r.StartLagP99), rep.roundsAtOrBelowBaseline(r), latencySpread(r.Samples))
 		}
 	}
 	return b.String()
@@ -99,7 +120,10 @@ func (rep *LatencyReport) Method() string {
 		"Requests still unsent when the %v window closes count with the wait they had then. Latencies go into an HDR histogram (µs, 3 significant digits). "+
 		"Offered rates are fractions of %s (%s). "+
 		"Medians over %s of %v per client and rate (after a %v warm-up at that rate), clients in an order rotated every round; "+
-		"done/s is the rate of requests completed; the last column shows how much the rounds disagreed.",
+		"done/s is the rate of requests completed; \"started late\" is how long after its due time a request was handed to the client "+
+		"(part of its latency, not added to it): the load generator's and the process's own delay, which the client's load on the process raises; "+
+		"the rounds column counts the rounds in which a client's p99 was at or below gomemcache's in the same round; "+
+		"the last column shows how much the rounds disagreed.",
 		workers, o.Duration, rep.capacitySource(), strings.Join(caps, ", "), plural(o.Rounds, "round"), o.Duration, o.Warmup) + rep.harnessNote()
 }
 

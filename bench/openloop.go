@@ -83,6 +83,20 @@ const (
 
 func newHist() *hdrhistogram.Histogram { return hdrhistogram.New(1, histMaxMicros, histDigits) }
 
+// workerHists is one worker's histograms: each request's latency from its
+// due time, and how late the worker started it. The start lag is the load
+// generator's and the process's own delay (a worker woken late, or busy
+// with the request before), inside the latency, not added to it.
+type workerHists struct{ latency, startLag *hdrhistogram.Histogram }
+
+func newWorkerHists(n int) []workerHists {
+	hs := make([]workerHists, n)
+	for i := range hs {
+		hs[i] = workerHists{newHist(), newHist()}
+	}
+	return hs
+}
+
 // record adds one latency, clamped to the histogram's range.
 func record(h *hdrhistogram.Histogram, d time.Duration) {
 	us := min(max(d.Microseconds(), 0), histMaxMicros)
@@ -100,13 +114,13 @@ type openLoopResult struct {
 // runOpenLoop sends the requests due within window on workers goroutines
 // (the cap on requests outstanding): each takes the next request, waits
 // for its due time if it is early, runs op and records now minus the due
-// time into its own histogram hists[g]. A worker that finds the window
+// time, and how late it started op, into its own histograms hists[g]. A worker that finds the window
 // over stops. The requests due within the window but never sent are
 // recorded too, with the wait they had when the window closed (a lower
 // bound of their latency), so an overloaded client is not flattered by
 // the requests it never got to. hists may be nil (a warm-up).
 func runOpenLoop(clk schedClock, sch schedule, window time.Duration, workers int,
-	op func(g int) error, hists []*hdrhistogram.Histogram) openLoopResult {
+	op func(g int) error, hists []workerHists) openLoopResult {
 	n := sch.count(window)
 	var (
 		next     atomic.Int64
@@ -134,10 +148,12 @@ func runOpenLoop(clk schedClock, sch schedule, window time.Duration, workers int
 					break
 				}
 				clk.sleepUntil(due)
+				start := clk.now()
 				err := op(g)
 				done := clk.now()
 				if hists != nil {
-					record(hists[g], done-due)
+					record(hists[g].latency, done-due)
+					record(hists[g].startLag, start-due)
 				}
 				sent++
 				last = done
@@ -166,7 +182,7 @@ func runOpenLoop(clk schedClock, sch schedule, window time.Duration, workers int
 	unsent := func(i int64) {
 		res.unsent++
 		if hists != nil {
-			record(hists[0], window-sch.due(i))
+			record(hists[0].latency, window-sch.due(i))
 		}
 	}
 	for _, i := range abandons {
@@ -190,6 +206,7 @@ type LatencySample struct {
 	Errors              int64
 	FirstErr            error
 	P50, P99, P999, Max time.Duration
+	StartLagP99         time.Duration // p99 of how late the requests sent were started
 }
 
 // percentiles fills s from a histogram of microseconds.
@@ -202,7 +219,7 @@ func (s *LatencySample) percentiles(h *hdrhistogram.Histogram) {
 // openLoop runs op at rate for warmup (not recorded) and then window, on
 // workers goroutines, and returns the measurement. hists are the
 // workers' histograms, reset here and reused between measurements.
-func openLoop(op func(g int) error, rate float64, workers int, warmup, window time.Duration, hists []*hdrhistogram.Histogram) (LatencySample, error) {
+func openLoop(op func(g int) error, rate float64, workers int, warmup, window time.Duration, hists []workerHists) (LatencySample, error) {
 	sch := newSchedule(rate)
 	if warmup > 0 {
 		c, err := newRealClock(workers)
@@ -213,7 +230,8 @@ func openLoop(op func(g int) error, rate float64, workers int, warmup, window ti
 		c.close()
 	}
 	for _, h := range hists {
-		h.Reset()
+		h.latency.Reset()
+		h.startLag.Reset()
 	}
 	c, err := newRealClock(workers)
 	if err != nil {
@@ -221,15 +239,17 @@ func openLoop(op func(g int) error, rate float64, workers int, warmup, window ti
 	}
 	res := runOpenLoop(c, sch, window, workers, op, hists)
 	c.close()
-	total := newHist()
+	total, lag := newHist(), newHist()
 	for _, h := range hists {
-		total.Merge(h)
+		total.Merge(h.latency)
+		lag.Merge(h.startLag)
 	}
 	s := LatencySample{Offered: rate, Sent: res.sent, Unsent: res.unsent, Errors: res.errors, FirstErr: res.firstErr}
 	if elapsed := max(window, res.lastDone); elapsed > 0 {
 		s.Achieved = float64(res.sent) / elapsed.Seconds()
 	}
 	s.percentiles(total)
+	s.StartLagP99 = time.Duration(lag.ValueAtQuantile(99)) * time.Microsecond
 	return s, nil
 }
 
