@@ -141,8 +141,11 @@ func TestASCIIAuth(t *testing.T) {
 				}
 				c := newTestClient(t, s.Addr, proto, opts)
 				if c.pipelined {
-					// One shared connection per lane: three lanes.
-					c.drv = newPipeDriver("tcp", s.Addr, &c.opts, c.drv.(*pipeDriver).d.codec, conns, &c.stats)
+					// One shared connection per lane: three lanes, each
+					// taking one caller before the next spills over.
+					u := newPipeDriver("tcp", s.Addr, &c.opts, c.drv.(*pipeDriver).d.codec, conns, &c.stats)
+					u.spillAt = 1
+					c.drv = u
 				}
 				var wg sync.WaitGroup
 				errs := make(chan error, 4*conns)

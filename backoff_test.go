@@ -232,7 +232,9 @@ func TestDialBackoffUltraLanes(t *testing.T) {
 	addr := "127.0.0.1:" + strconv.Itoa(freePort(t))
 	var dials atomic.Int64
 	c := newTestClient(t, addr, Ultra, Options{ConnectTimeout: 2 * time.Second, DialContext: countedDial(&dials)})
-	c.drv = newPipeDriver("tcp", addr, &c.opts, textCodec, 8, &c.stats)
+	u := newPipeDriver("tcp", addr, &c.opts, textCodec, 8, &c.stats)
+	u.spillAt = 0 // every lane full: calls go to the 8 lanes in turn
+	c.drv = u
 	calls := 0
 	for stop := time.Now().Add(300 * time.Millisecond); time.Now().Before(stop) && calls < 100_000; calls++ {
 		_, err := c.Get(bg, "k", nil)

@@ -18,7 +18,7 @@ import (
 //   conformance_test.go   every command's outcomes; drivers_test.go: the
 //                         client helpers (newTestClient, forEachDriver,
 //                         mustSet, requireValue, requireMiss, requireHardFault)
-//   meta_, binary_, ultra_*, pool_, fetch_*, stats_, tracer_test.go: one
+//   meta_, binary_, ultra_*, lanes_, pool_, fetch_*, stats_, tracer_test.go: one
 //                         feature or driver each; auth_, tls_, secrets_,
 //                         twemproxy_, chaos_test.go: setups around the server
 // Faults, by what the server or network does wrong (faults_test.go holds

@@ -119,8 +119,8 @@ func ermcMaker(p ermc.Protocol) func(Config) (Client, error) {
 		c, err := ermc.New(cfg.Addr, ermc.Options{
 			Protocol: p,
 			// As many connections as gomemcache keeps idle, so the pooled
-			// drivers are compared at equal footing (Ultra shares one
-			// connection per core whatever this says).
+			// drivers are compared at equal footing (Ultra and Meta share
+			// one connection whatever this says).
 			MaxConns:          cfg.conns(),
 			Timeout:           Timeout,
 			ConnectTimeout:    Timeout,
