@@ -114,11 +114,12 @@ type openLoopResult struct {
 // runOpenLoop sends the requests due within window on workers goroutines
 // (the cap on requests outstanding): each takes the next request, waits
 // for its due time if it is early, runs op and records now minus the due
-// time, and how late it started op, into its own histograms hists[g]. A worker that finds the window
-// over stops. The requests due within the window but never sent are
-// recorded too, with the wait they had when the window closed (a lower
-// bound of their latency), so an overloaded client is not flattered by
-// the requests it never got to. hists may be nil (a warm-up).
+// time, and how late it started op, into its own histograms hists[g]. A
+// worker that finds the window over stops. The requests due within the
+// window but never sent are recorded too, with the wait they had when the
+// window closed (a lower bound of their latency), so an overloaded client
+// is not flattered by the requests it never got to. hists may be nil (a
+// warm-up).
 func runOpenLoop(clk schedClock, sch schedule, window time.Duration, workers int,
 	op func(g int) error, hists []workerHists) openLoopResult {
 	n := sch.count(window)
