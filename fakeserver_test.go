@@ -533,15 +533,16 @@ func fakeBinaryReply(req fakeRequest, values map[string]string) []byte {
 }
 
 // replyFirstThenServe is a script: the first connection answers its first
-// request with reply; everything after that gets fresh, correct replies.
-func replyFirstThenServe(reply string) func(*fakeConn) {
+// request with reply, in one write; everything after that gets fresh,
+// correct replies. Requests and replies are in proto's wire format.
+func replyFirstThenServe(proto Protocol, reply string) func(*fakeConn) {
 	return func(fc *fakeConn) {
 		if fc.N == 0 {
-			if _, ok := fc.Next(); !ok {
+			if _, ok := fc.NextAs(proto); !ok {
 				return
 			}
 			fc.Send(reply)
 		}
-		fc.Serve(fresh)
+		fc.ServeAs(proto, fresh)
 	}
 }

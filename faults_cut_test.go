@@ -28,15 +28,7 @@ func TestFaultEOFMidReply(t *testing.T) {
 func testFaultEOFMidReply(t *testing.T, proto Protocol) {
 	for _, sp := range stallPointsFor(proto) {
 		t.Run(sp.name, func(t *testing.T) {
-			srv := startFakeServer(t, func(fc *fakeConn) {
-				if fc.N == 0 {
-					if req, ok := fc.NextAs(proto); ok {
-						fc.Send(echoOpaque(req, sp.partial))
-					}
-					return // hang up
-				}
-				fc.ServeAs(proto, fresh)
-			})
+			srv := startFakeServer(t, partialThenHangUp(proto, sp.partial))
 			c := newFaultClient(t, srv.Addr, proto, Options{Timeout: 2 * time.Second})
 			res := guardedGet(t, c, bg, "k")
 			require.Error(t, res.err)
@@ -57,15 +49,7 @@ func testFaultEOFMidReply(t *testing.T, proto Protocol) {
 		if proto == Binary {
 			partial = string(binResp(binSet, 0, binOpaque, 2, "", "", ""))[:5]
 		}
-		srv := startFakeServer(t, func(fc *fakeConn) {
-			if fc.N == 0 {
-				if _, ok := fc.NextAs(proto); ok {
-					fc.Send(partial)
-				}
-				return
-			}
-			fc.ServeAs(proto, fresh)
-		})
+		srv := startFakeServer(t, partialThenHangUp(proto, partial))
 		c := newFaultClient(t, srv.Addr, proto, Options{Timeout: 2 * time.Second})
 		err := guarded(t, func() error { return c.Set(bg, "k", []byte("v"), 0) })
 		var ce *ConnError
@@ -74,6 +58,21 @@ func testFaultEOFMidReply(t *testing.T, proto Protocol) {
 		require.NoError(t, guarded(t, func() error { return c.Set(bg, "k", []byte("v"), 0) }))
 		assert.Equal(t, 2, srv.Accepted())
 	})
+}
+
+// partialThenHangUp is a script: the first connection answers its first
+// request with partial (a meta reply's "O$" filled with the request's
+// opaque token) and hangs up; every other connection serves fresh values.
+func partialThenHangUp(proto Protocol, partial string) func(fc *fakeConn) {
+	return func(fc *fakeConn) {
+		if fc.N == 0 {
+			if req, ok := fc.NextAs(proto); ok {
+				fc.Send(echoOpaque(req, partial))
+			}
+			return
+		}
+		fc.ServeAs(proto, fresh)
+	}
 }
 
 // serveOneThenHangUp answers the first request of every connection, then

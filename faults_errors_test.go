@@ -15,6 +15,15 @@ import (
 // SERVER_ERROR): a typed error that is not a connection fault; the
 // connection is kept unless the server's state after the line is unknown.
 
+// serverErrorSaying checks that err is a *ServerError with message msg.
+func serverErrorSaying(msg string) func(t *testing.T, err error) {
+	return func(t *testing.T, err error) {
+		var se *ServerError
+		require.ErrorAs(t, err, &se)
+		assert.Equal(t, msg, se.Message)
+	}
+}
+
 func TestFaultErrorReplies(t *testing.T) {
 	forEachProto(t, textDrivers, testFaultErrorReplies)
 }
@@ -29,18 +38,10 @@ func testFaultErrorReplies(t *testing.T, proto Protocol) {
 	}{
 		{"SERVER_ERROR keeps the connection", "SERVER_ERROR out of memory storing object\r\n",
 			func(c *Client) error { return c.Set(bg, "k", []byte("v"), 0) },
-			func(t *testing.T, err error) {
-				var se *ServerError
-				require.ErrorAs(t, err, &se)
-				assert.Equal(t, "out of memory storing object", se.Message)
-			}, 1},
+			serverErrorSaying("out of memory storing object"), 1},
 		{"SERVER_ERROR to a get keeps the connection", "SERVER_ERROR temporary failure\r\n",
 			func(c *Client) error { _, err := c.Get(bg, "k", nil); return err },
-			func(t *testing.T, err error) {
-				var se *ServerError
-				require.ErrorAs(t, err, &se)
-				assert.Equal(t, "temporary failure", se.Message)
-			}, 1},
+			serverErrorSaying("temporary failure"), 1},
 		{"CLIENT_ERROR discards the connection", "CLIENT_ERROR bad data chunk\r\n",
 			func(c *Client) error { return c.Set(bg, "k", []byte("v"), 0) },
 			func(t *testing.T, err error) {
@@ -55,15 +56,11 @@ func testFaultErrorReplies(t *testing.T, proto Protocol) {
 			}, 2},
 		{"ERROR discards the connection", "ERROR\r\n",
 			func(c *Client) error { return c.Touch(bg, "k", time.Second) },
-			func(t *testing.T, err error) {
-				var se *ServerError
-				require.ErrorAs(t, err, &se)
-				assert.Equal(t, "ERROR", se.Message)
-			}, 2},
+			serverErrorSaying("ERROR"), 2},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			srv := startFakeServer(t, replyFirstThenServe(tc.reply))
+			srv := startFakeServer(t, replyFirstThenServe(proto, tc.reply))
 			c := newFaultClient(t, srv.Addr, proto, Options{Timeout: 2 * time.Second})
 			err := guarded(t, func() error { return tc.op(c) })
 			require.Error(t, err)

@@ -43,7 +43,7 @@ func testFaultMalformedReplies(t *testing.T, proto Protocol) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			srv := startFakeServer(t, replyFirstThenServe(tc.reply))
+			srv := startFakeServer(t, replyFirstThenServe(proto, tc.reply))
 			c := newFaultClient(t, srv.Addr, proto, Options{Timeout: 2 * time.Second})
 			res := guardedGet(t, c, bg, "k")
 			require.Error(t, res.err)
@@ -79,7 +79,7 @@ func assertGetRefused(t *testing.T, cases []struct{ name, reply string }, why st
 		t.Run(proto.String(), func(t *testing.T) {
 			for _, tc := range cases {
 				t.Run(tc.name, func(t *testing.T) {
-					srv := startFakeServer(t, replyFirstThenServe(tc.reply))
+					srv := startFakeServer(t, replyFirstThenServe(proto, tc.reply))
 					c := newFaultClient(t, srv.Addr, proto, Options{Timeout: 2 * time.Second})
 					res := guardedGet(t, c, bg, "k")
 					require.ErrorIs(t, res.err, ErrProtocol)
@@ -121,15 +121,8 @@ func TestFaultExtraBytesAfterReply(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			srv := startFakeServer(t, func(fc *fakeConn) {
-				if fc.N == 0 {
-					if _, ok := fc.Next(); !ok {
-						return
-					}
-					fc.Send(tc.reply) // one write: the extra bytes arrive with the reply
-				}
-				fc.Serve(fresh)
-			})
+			// One write: the extra bytes arrive with the reply.
+			srv := startFakeServer(t, replyFirstThenServe(Text, tc.reply))
 			c := newTestClient(t, srv.Addr, Text, Options{Timeout: 2 * time.Second})
 			err := guarded(t, func() error { return tc.op(c) })
 			require.Error(t, err)
@@ -247,15 +240,7 @@ func TestFaultBinaryMalformedFrames(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			srv := startFakeServer(t, func(fc *fakeConn) {
-				if fc.N == 0 {
-					if _, ok := fc.NextBinary(); !ok {
-						return
-					}
-					fc.Send(string(tc.reply))
-				}
-				fc.ServeAs(Binary, fresh)
-			})
+			srv := startFakeServer(t, replyFirstThenServe(Binary, string(tc.reply)))
 			c := newFaultClient(t, srv.Addr, Binary, Options{Timeout: time.Minute})
 			res := guardedGet(t, c, bg, "k")
 			require.ErrorIs(t, res.err, ErrProtocol)

@@ -1,7 +1,6 @@
 package ermc
 
 import (
-	"context"
 	"fmt"
 	"strconv"
 	"testing"
@@ -17,7 +16,6 @@ import (
 // command and never does. The README's note on Meta multi-gets rests on
 // this; with -R 200 the same multi-get is served in one event.
 func TestMetaMultiGetYieldsEvery20Keys(t *testing.T) {
-	ctx := context.Background()
 	keys := make([]string, 100)
 	for i := range keys {
 		keys[i] = fmt.Sprintf("yield-%d", i)
@@ -37,13 +35,13 @@ func TestMetaMultiGetYieldsEvery20Keys(t *testing.T) {
 			srv := startMemcached(t, c.extra...)
 			cl := newTestClient(t, srv.Addr, c.proto, Options{})
 			for _, k := range keys {
-				require.NoError(t, cl.Set(ctx, k, []byte("v"), 0), "Set %s", k)
+				require.NoError(t, cl.Set(bg, k, []byte("v"), 0), "Set %s", k)
 			}
 			before := connYields(t, cl)
 			const rounds = 10
 			for r := 0; r < rounds; r++ {
 				hits := 0
-				require.NoError(t, cl.GetMulti(ctx, keys, func(int, []byte) { hits++ }), "GetMulti")
+				require.NoError(t, cl.GetMulti(bg, keys, func(int, []byte) { hits++ }), "GetMulti")
 				require.Equal(t, len(keys), hits, "GetMulti: hits")
 			}
 			got := connYields(t, cl) - before
@@ -56,7 +54,7 @@ func TestMetaMultiGetYieldsEvery20Keys(t *testing.T) {
 
 func connYields(t *testing.T, cl *Client) int {
 	t.Helper()
-	st, err := cl.Stats(context.Background())
+	st, err := cl.Stats(bg)
 	require.NoError(t, err, "Stats")
 	n, err := strconv.Atoi(st["conn_yields"])
 	require.NoError(t, err, "stats conn_yields %q", st["conn_yields"])

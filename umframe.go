@@ -62,8 +62,8 @@ func defaultLanes() int { return max(1, min(runtime.GOMAXPROCS(0), 8)) }
 // lane spills over only when it is that busy: each write and read of a
 // lane carries a whole batch, and two lanes write and read twice as often
 // for the same requests (on 2 cores with 64 goroutines, filling the first
-// lane gave 20-50% more Gets and Sets per second than taking two lanes in
-// turn, in three interleaved runs). That many callers waiting on one lane
+// lane gave 18-88% more Gets and Sets per second than taking two lanes in
+// turn, 41% in the median, over three interleaved runs). That many callers waiting on one lane
 // means its server thread is falling behind them; then more connections
 // put more of the server's threads to work.
 const defaultSpillAt = 256

@@ -10,9 +10,9 @@ import (
 // timer (precisesleep_linux.go says why not time.Sleep). One timer for
 // all workers, not one each: with a timer per worker (set, then read,
 // for every request) the harness alone had a p99 of 3.7-4.4 ms at 160k
-// requests/s in a make bench run, under every client's. The timer is re-armed only when the earliest
-// wake-up moves earlier, and fires at most once per alarmQuantum, so at
-// high rates one firing wakes every worker then due.
+// requests/s, under every client's. The timer is re-armed only when the
+// earliest wake-up moves earlier, and fires at most once per
+// alarmQuantum, so at high rates one firing wakes every worker then due.
 type alarms struct {
 	clock func() time.Duration
 	timer *hwTimer
@@ -50,12 +50,18 @@ func (a *alarms) sleepUntil(t time.Duration) {
 	wake := <-a.wakes
 	a.mu.Lock()
 	heap.Push(&a.queue, alarm{at: t, wake: wake})
-	if at := max(t, a.fired+alarmQuantum); a.armed == 0 || at < a.armed {
+	if at := a.firingFor(t); a.armed == 0 || at < a.armed {
 		a.armLocked(at)
 	}
 	a.mu.Unlock()
 	<-wake
 	a.wakes <- wake
+}
+
+// firingFor is when the timer should fire for a wake-up at t: then, or
+// alarmQuantum after the last firing if that is later. Called with mu held.
+func (a *alarms) firingFor(t time.Duration) time.Duration {
+	return max(t, a.fired+alarmQuantum)
 }
 
 // armLocked sets the timer for at. Arming an open timerfd cannot fail
@@ -80,7 +86,7 @@ func (a *alarms) fire() {
 		}
 		a.armed = 0
 		if len(a.queue) > 0 {
-			a.armLocked(max(a.queue[0].at, a.fired+alarmQuantum))
+			a.armLocked(a.firingFor(a.queue[0].at))
 		}
 		a.mu.Unlock()
 	}

@@ -212,9 +212,13 @@ type LatencySample struct {
 
 // percentiles fills s from a histogram of microseconds.
 func (s *LatencySample) percentiles(h *hdrhistogram.Histogram) {
-	at := func(q float64) time.Duration { return time.Duration(h.ValueAtQuantile(q)) * time.Microsecond }
-	s.P50, s.P99, s.P999 = at(50), at(99), at(99.9)
+	s.P50, s.P99, s.P999 = histQuantile(h, 50), histQuantile(h, 99), histQuantile(h, 99.9)
 	s.Max = time.Duration(h.Max()) * time.Microsecond
+}
+
+// histQuantile is the q-th percentile of a histogram of microseconds.
+func histQuantile(h *hdrhistogram.Histogram, q float64) time.Duration {
+	return time.Duration(h.ValueAtQuantile(q)) * time.Microsecond
 }
 
 // openLoop runs op at rate for warmup (not recorded) and then window, on
@@ -223,23 +227,18 @@ func (s *LatencySample) percentiles(h *hdrhistogram.Histogram) {
 func openLoop(op func(g int) error, rate float64, workers int, warmup, window time.Duration, hists []workerHists) (LatencySample, error) {
 	sch := newSchedule(rate)
 	if warmup > 0 {
-		c, err := newRealClock(workers)
-		if err != nil {
+		if _, err := runOnRealClock(sch, warmup, workers, op, nil); err != nil {
 			return LatencySample{}, err
 		}
-		runOpenLoop(c, sch, warmup, workers, op, nil)
-		c.close()
 	}
 	for _, h := range hists {
 		h.latency.Reset()
 		h.startLag.Reset()
 	}
-	c, err := newRealClock(workers)
+	res, err := runOnRealClock(sch, window, workers, op, hists)
 	if err != nil {
 		return LatencySample{}, err
 	}
-	res := runOpenLoop(c, sch, window, workers, op, hists)
-	c.close()
 	total, lag := newHist(), newHist()
 	for _, h := range hists {
 		total.Merge(h.latency)
@@ -250,8 +249,18 @@ func openLoop(op func(g int) error, rate float64, workers int, warmup, window ti
 		s.Achieved = float64(res.sent) / elapsed.Seconds()
 	}
 	s.percentiles(total)
-	s.StartLagP99 = time.Duration(lag.ValueAtQuantile(99)) * time.Microsecond
+	s.StartLagP99 = histQuantile(lag, 99)
 	return s, nil
+}
+
+// runOnRealClock is runOpenLoop on a real clock that starts now.
+func runOnRealClock(sch schedule, window time.Duration, workers int, op func(g int) error, hists []workerHists) (openLoopResult, error) {
+	c, err := newRealClock(workers)
+	if err != nil {
+		return openLoopResult{}, err
+	}
+	defer c.close()
+	return runOpenLoop(c, sch, window, workers, op, hists), nil
 }
 
 // fmtLatency formats a duration to two or three significant digits:
