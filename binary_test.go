@@ -62,7 +62,8 @@ func TestBinaryReadWrite(t *testing.T) {
 	require.NotZero(t, cas, "gets: CAS id")
 	require.NoError(t, c.CompareAndSwap(bg, "k", []byte("swapped"), cas, 0), "cas with the current id")
 	requireValue(t, c, "k", "swapped")
-	_, cas2, _ := c.Gets(bg, "k", nil)
+	_, cas2, err := c.Gets(bg, "k", nil)
+	require.NoError(t, err, "gets after cas")
 	assert.NotEqual(t, cas, cas2, "CAS id unchanged by a write")
 
 	require.NoError(t, c.Add(bg, "new", []byte("added"), 0), "add")

@@ -29,8 +29,6 @@ func newTestClient(t testing.TB, addr string, proto Protocol, opts Options) *Cli
 	return c
 }
 
-// forEachDriver runs fn as a subtest per wire driver, each with a fresh
-// memcached and a client of that driver.
 // forEachProto runs test as a subtest per protocol of protos.
 func forEachProto(t *testing.T, protos []Protocol, test func(*testing.T, Protocol)) {
 	for _, proto := range protos {
@@ -38,6 +36,8 @@ func forEachProto(t *testing.T, protos []Protocol, test func(*testing.T, Protoco
 	}
 }
 
+// forEachDriver runs fn as a subtest per wire driver, each with a fresh
+// memcached and a client of that driver.
 func forEachDriver(t *testing.T, opts Options, fn func(t *testing.T, c *Client)) {
 	for _, proto := range wireDrivers {
 		t.Run(proto.String(), func(t *testing.T) {

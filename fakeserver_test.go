@@ -32,8 +32,6 @@ type fakeServer struct {
 	mu       sync.Mutex
 	conns    []*fakeConn
 	received bytes.Buffer // every byte read, from all connections
-	open     int
-	maxOpen  int
 }
 
 // fakeRequest is one command the fake read.
@@ -87,17 +85,12 @@ func (s *fakeServer) acceptLoop() {
 		s.mu.Lock()
 		fc := &fakeConn{N: len(s.conns), srv: s, nc: nc, peerClosed: make(chan struct{}), ended: make(chan struct{})}
 		s.conns = append(s.conns, fc)
-		s.open++
-		s.maxOpen = max(s.maxOpen, s.open)
 		s.mu.Unlock()
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
 			defer func() {
 				fc.nc.Close()
-				s.mu.Lock()
-				s.open--
-				s.mu.Unlock()
 				close(fc.ended)
 			}()
 			s.script(fc)
@@ -128,13 +121,6 @@ func (s *fakeServer) Accepted() int {
 	return len(s.conns)
 }
 
-// MaxOpen is the largest number of connections open at once.
-func (s *fakeServer) MaxOpen() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.maxOpen
-}
-
 // Received is every byte the fake has read so far.
 func (s *fakeServer) Received() string {
 	s.mu.Lock()
@@ -150,6 +136,18 @@ func (s *fakeServer) Conn(i int) *fakeConn {
 		s.t.Fatalf("fake server: connection %d was never accepted (%d were)", i, len(s.conns))
 	}
 	return s.conns[i]
+}
+
+// awaitRequest is WaitRequest for a goroutine other than the test's,
+// which must not fail the test: it reports whether a request came within
+// the hang guard.
+func (s *fakeServer) awaitRequest() bool {
+	select {
+	case <-s.requests:
+		return true
+	case <-time.After(hangGuard):
+		return false
+	}
 }
 
 // WaitRequest returns the next request any connection read, failing the

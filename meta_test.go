@@ -370,9 +370,11 @@ func TestMetaSinkKeepsOpaque(t *testing.T) {
 	requireValue(t, c, "k", "fresh")
 	ctx, cancel := context.WithCancel(bg)
 	go func() {
-		srv.WaitRequest() // the warm-up get
-		srv.WaitRequest() // the one to abandon
-		cancel()
+		// The warm-up get, then the one to abandon; else the Get's own
+		// hang guard fails.
+		if srv.awaitRequest() && srv.awaitRequest() {
+			cancel()
+		}
 	}()
 	res := guardedGet(t, c, ctx, "k")
 	require.ErrorIs(t, res.err, context.Canceled)

@@ -2,7 +2,6 @@ package ermc
 
 import (
 	"fmt"
-	"strconv"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -37,26 +36,17 @@ func TestMetaMultiGetYieldsEvery20Keys(t *testing.T) {
 			for _, k := range keys {
 				require.NoError(t, cl.Set(bg, k, []byte("v"), 0), "Set %s", k)
 			}
-			before := connYields(t, cl)
+			before := statInt(t, cl, "conn_yields")
 			const rounds = 10
 			for r := 0; r < rounds; r++ {
 				hits := 0
 				require.NoError(t, cl.GetMulti(bg, keys, func(int, []byte) { hits++ }), "GetMulti")
 				require.Equal(t, len(keys), hits, "GetMulti: hits")
 			}
-			got := connYields(t, cl) - before
-			assert.True(t, got >= c.yieldsFrom*rounds && got <= c.yieldsTo*rounds,
+			got := statInt(t, cl, "conn_yields") - before
+			assert.True(t, got >= int64(c.yieldsFrom*rounds) && got <= int64(c.yieldsTo*rounds),
 				"%d multi-gets of %d keys: conn_yields grew by %d, want %d to %d",
 				rounds, len(keys), got, c.yieldsFrom*rounds, c.yieldsTo*rounds)
 		})
 	}
-}
-
-func connYields(t *testing.T, cl *Client) int {
-	t.Helper()
-	st, err := cl.Stats(bg)
-	require.NoError(t, err, "Stats")
-	n, err := strconv.Atoi(st["conn_yields"])
-	require.NoError(t, err, "stats conn_yields %q", st["conn_yields"])
-	return n
 }

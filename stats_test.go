@@ -85,8 +85,9 @@ func TestPoolStatsDiscards(t *testing.T) {
 			{"cancel", stall(proto), Options{Timeout: time.Minute}, func(srv *fakeServer) (context.Context, context.CancelFunc) {
 				ctx, cancel := context.WithCancel(bg)
 				go func() {
-					srv.WaitRequest()
-					cancel()
+					if srv.awaitRequest() { // else the Get's own hang guard fails
+						cancel()
+					}
 				}()
 				return ctx, cancel
 			}, pooled, false},

@@ -123,10 +123,7 @@ func TestUltraConnectDuringWriteNoRace(t *testing.T) {
 	close(gate)
 
 	for _, ch := range []<-chan getResult{p, w} {
-		res := await(t, ch)
-		if res.err != nil {
-			assert.ErrorIs(t, res.err, ErrCacheMiss)
-		}
+		assert.ErrorIs(t, await(t, ch).err, ErrCacheMiss, "absent keys, retried on the new connection")
 	}
 }
 
@@ -185,8 +182,8 @@ func TestUltraRetryAfterCloseDoesNotDial(t *testing.T) {
 
 	arm.Store(true)
 	res := guardedGet(t, c, bg, "k")
-	t.Logf("Get on the stale connection, Close meanwhile: %v", res.err)
 	require.True(t, closed.Load(), "Close ran as the stale connection was failed")
+	assert.ErrorIs(t, res.err, ErrClosed, "the read's retry after Close")
 	assert.EqualValues(t, 0, dialsAfterClose.Load(), "a dial after Close (dials in all: %d)", dials.Load())
 }
 
@@ -291,7 +288,7 @@ func TestUltraEncodedBatchResentOnFreshConn(t *testing.T) {
 	res := await(t, g)
 	serr := guarded(t, func() error { return <-set })
 	require.True(t, failedWhileEncoding.Load(), "the reader failed the connection while the writer held the encoded batch")
-	t.Logf("set s, encoded with g and held: %v", serr)
+	assert.NoError(t, serr, "set s, encoded with g and held, goes out on the fresh connection")
 	assert.ErrorIs(t, res.err, ErrCacheMiss, "get g, never written, on the stale connection's failure")
 }
 
@@ -384,8 +381,7 @@ func TestUltraDiscardedConnNotReused(t *testing.T) {
 			fc.Send(fakeReply(req, fresh))
 		}
 	})
-	c := newTestClient(t, srv.Addr, Ultra, Options{})
-	c.drv.(*pipeDriver).lanes = c.drv.(*pipeDriver).lanes[:1]
+	c := newFaultClient(t, srv.Addr, Ultra, Options{})
 	for i := 0; i < 200; i++ {
 		_, err := c.Get(bg, "refused", nil)
 		var ce *ClientError
